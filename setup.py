@@ -1,0 +1,41 @@
+"""Installs mm_tf, the TensorFlow/Keras implementation of mix and match networks.
+
+Dependency choices (why each is here):
+  * tensorflow>=2.16 brings Keras 3, the only Keras we support (no tensorflow-addons:
+    it is end-of-life and does not import under Keras 3).
+  * tensorflow-datasets: the real datasets are tfds builders (manual download), so users
+    get caching, splits and `tfds.load` for free instead of hand-written readers.
+  * absl-py: flags/flagfiles for the CLIs, as in the TF Model Garden and SimCLR.
+  * pillow: reading/writing JPEG, PNG and TIFF files of the datasets (NIR is TIFF, which
+    tf.io cannot decode).
+  * matplotlib: figures of the evaluation (qualitative grids, colour maps).
+  * tqdm: the console progress bar with ETA.
+  * tensorflow-serving-api: TF Serving's own protos to write/verify models.config and to
+    speak its request formats, rather than re-declaring them.
+  * flask (werkzeug): the local TF-Serving-compatible REST server, instead of parsing HTTP.
+"""
+import setuptools
+
+setuptools.setup(
+    name="mm_tf",
+    version="0.1.0",
+    description="Mix and match networks (M&MNets) for zero-pair cross-modal image translation",
+    packages=setuptools.find_packages(include=["mm_tf", "mm_tf.*"]),
+    package_data={"mm_tf": ["data/*.json", "data/*.csv", "data/*.txt"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "tensorflow>=2.16,<2.23",
+        "keras>=3.0,<4",
+        "tensorflow-datasets>=4.9,<5",
+        "absl-py>=1.0",
+        "numpy>=1.24",
+        "pillow>=9.0",
+        "matplotlib>=3.6",
+        "tqdm>=4.60",
+        "tensorflow-serving-api>=2.16,<2.23",
+        "flask>=2.2,<4",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "pytest-xdist>=3"],
+    },
+)
