@@ -1,0 +1,537 @@
+"""`MixAndMatchNetworks`: one encoder and one decoder per modality, trained by `fit()`.
+
+A translation m->n is `decoder_n(encoder_m(x))` with the side information (pooling
+switches) of the SOURCE encoder. Training only sees pairs through the anchor modality
+(RGB) in disjoint streams; unseen translations such as depth->segmentation work because
+every encoder is aligned to one latent space.
+
+Batch contract (`train_step`): `{stream_name: {modality_name: tensor}}` with
+`stream_name = "+".join(stream)`, e.g. `{"rgb+segmentation": {"rgb": ..., "segmentation":
+...}, "rgb+depth+nir": {...}}`. Values in model space (see `mm_tf.modalities`).
+
+What a step trains is data (`mm_tf.stages.StageSpec`), chosen with `set_stage(n)`:
+  * stage 1: seen translations anchor<->m within each stream;
+  * stage 2: + autoencoders m->m, latent consistency, Gaussian latent noise; the anchor
+    encoder frozen (not updated, run in inference mode);
+  * stage 3: + pseudo-pairs (paper 5.2). Pseudo targets come from the anchor translators
+    under `stop_gradient`, and the predicted side only runs non-anchor modules, so no
+    anchor variable gets a gradient from them.
+
+Loss terms are reported by name (unweighted) as metrics: `"{src}_to_{dst}"` for
+translations and autoencoders, `"latent_{a}_{b}"`, `"pseudo_{src}_to_{dst}"`, `"rgb_gan"`,
+`"discriminator"` and the weighted total `"loss"`.
+"""
+
+import itertools
+from typing import Dict, Mapping, Optional, Sequence
+
+import keras
+import tensorflow as tf
+
+from mm_tf import losses as mm_losses
+from mm_tf import modalities as mm_modalities
+from mm_tf import networks
+from mm_tf import stages as mm_stages
+
+# Multimodal fusion (paper 6.3): (1 - a) * h_R + a * h_D with a = 0.2. The paper gives no
+# weights for 3+ inputs; our choice: every non-anchor input keeps a = 0.2 and the anchor
+# gets the rest ((R, D, N): 0.6, 0.2, 0.2). Without the anchor: equal weights.
+MULTIMODAL_NON_ANCHOR_WEIGHT = 0.2
+
+
+def stream_name(stream: Sequence[str]) -> str:
+  return "+".join(stream)
+
+
+class MixAndMatchNetworks(keras.Model):
+  """Mix and match networks (Wang et al., IJCV): zero-pair cross-modal translation.
+
+  Args:
+    modalities: `Modality` objects (or built-in names) of every modality.
+    streams: The paired training sets, each a sequence of modality names with the anchor
+      first, e.g. `[("rgb", "segmentation"), ("rgb", "depth", "nir")]`.
+    anchor: The modality every stream shares (paper: "rgb").
+    width: Channel multiplier of all networks (1.0 = paper).
+    side_information: "switches" (paper), "skip" or "none" (paper Table 2 ablation).
+    noise_std: Std of the Gaussian latent noise in stages that turn it on (paper: 0.5).
+    stages: `{n: StageSpec}`; defaults to `mm_tf.stages.paper_stages()`.
+    image_size: If given, builds every network for this square size right away (needed
+      before `summary()`, `count_params()` or `load_weights()`).
+    unpool_implementation: "fused" (default) or "scatter".
+    encoder_batch_norm: `{modality: bool}`: BN in that encoder (default True). The paper's
+      VGG16-initialised RGB encoder has no BN.
+
+  Example:
+    >>> model = MixAndMatchNetworks(
+    ...     ["rgb", "depth", "segmentation"], [("rgb", "segmentation"), ("rgb", "depth")],
+    ...     width=0.125, image_size=64)
+    >>> model.translate("depth", "segmentation", tf.zeros([1, 64, 64, 1])).shape
+    TensorShape([1, 64, 64, 5])
+  """
+
+  def __init__(self, modalities, streams, anchor=mm_modalities.ANCHOR, width=1.0,
+               side_information="switches", noise_std=0.5, stages=None, image_size=None,
+               unpool_implementation="fused", encoder_batch_norm=None, **kwargs):
+    kwargs.setdefault("name", "mix_and_match_networks")
+    super().__init__(**kwargs)
+    self.modalities = {}
+    for modality in modalities:
+      modality = (mm_modalities.Modality.from_config(modality) if isinstance(modality, dict)
+                  else mm_modalities.get(modality))
+      if modality.name in self.modalities:
+        raise ValueError(f"Modality {modality.name!r} is given twice.")
+      self.modalities[modality.name] = modality
+    self.anchor = mm_modalities.check_name(anchor, list(self.modalities), "anchor modality")
+    self.streams = tuple(tuple(stream) for stream in streams)
+    self._check_streams()
+    self.width = float(width)
+    self.side_information = networks.check_side_information(side_information)
+    self.noise_std = float(noise_std)
+    self.unpool_implementation = unpool_implementation
+    self.encoder_batch_norm = dict(encoder_batch_norm or {})
+    stages = stages or mm_stages.paper_stages()
+    self.stage_specs = {int(n): (s if isinstance(s, mm_stages.StageSpec)
+                                 else mm_stages.StageSpec.from_config(s))
+                        for n, s in stages.items()}
+    self.image_size = image_size
+    self.encoders = {}
+    self.decoders = {}
+    for name, modality in self.modalities.items():
+      self.encoders[name] = networks.SegNetEncoder(
+          modality, width, side_information,
+          batch_norm=self.encoder_batch_norm.get(name, True), name=f"{name}_encoder")
+      self.decoders[name] = networks.build_decoder(
+          modality, width, side_information, unpool_implementation, name=f"{name}_decoder")
+    self.discriminator = networks.PatchDiscriminator(width, name="discriminator")
+    self._stage = 1
+    self._term_trackers = {}
+    for term in self._all_term_names():
+      self._term_trackers[term] = keras.metrics.Mean(name=term)
+    self._loss_tracker = keras.metrics.Mean(name="loss")
+    self.generator_optimizer = None
+    self.discriminator_optimizer = None
+    if image_size is not None:
+      self.build_networks(image_size)
+
+  # ------------------------------------------------------------------ structure
+  def _check_streams(self):
+    if not self.streams:
+      raise ValueError("At least one training stream is needed.")
+    for stream in self.streams:
+      for name in stream:
+        mm_modalities.check_name(name, list(self.modalities), f"modality in stream {stream}")
+      if stream[0] != self.anchor:
+        raise ValueError(f"Stream {stream} must start with the anchor modality {self.anchor!r}.")
+      if len(set(stream)) != len(stream) or len(stream) < 2:
+        raise ValueError(f"Stream {stream} needs the anchor and at least one other, distinct, "
+                         "modality.")
+
+  @property
+  def modality_names(self):
+    return tuple(self.modalities)
+
+  @property
+  def seen_translations(self):
+    """(source, target) pairs with paired training data: anchor<->m within each stream."""
+    pairs = []
+    for stream in self.streams:
+      for other in stream[1:]:
+        pairs += [(self.anchor, other), (other, self.anchor)]
+    return tuple(dict.fromkeys(pairs))
+
+  @property
+  def unseen_translations(self):
+    """(source, target) pairs never seen together: the zero-pair translations."""
+    seen = set(self.seen_translations)
+    return tuple((a, b) for a, b in itertools.permutations(self.modalities, 2)
+                 if (a, b) not in seen)
+
+  def _pseudo_pairs(self, stream):
+    """(source, target) pseudo-pair translations trained from `stream` (paper 5.2).
+
+    For every non-anchor source in the stream and every non-anchor target absent from
+    it: the source's translation must match the anchor's seen translation.
+    """
+    return [(source, target) for source in stream[1:] for target in self.modalities
+            if target not in stream and target != self.anchor]
+
+  def _all_term_names(self):
+    names = []
+    for stream in self.streams:
+      for other in stream[1:]:
+        names += [f"{self.anchor}_to_{other}", f"{other}_to_{self.anchor}"]
+      names += [f"{m}_to_{m}" for m in stream]
+      names += [f"latent_{self.anchor}_{m}" for m in stream[1:]]
+      names += [f"pseudo_{s}_to_{t}" for s, t in self._pseudo_pairs(stream)]
+    if self._adversarial_modalities():
+      names += [f"{m}_gan" for m in self._adversarial_modalities()] + ["discriminator"]
+    return list(dict.fromkeys(names))
+
+  def _adversarial_modalities(self):
+    return [name for name, m in self.modalities.items() if m.adversarial]
+
+  def build_networks(self, image_size):
+    """Creates every variable by running each network once on a zero batch."""
+    image_size = int(image_size)
+    networks.check_image_size((None, image_size, image_size, None), self.name)
+    for name, modality in self.modalities.items():
+      dummy = tf.zeros([1, image_size, image_size, modality.encoder_channels])
+      latent, side = self.encoders[name](dummy, training=False)
+      self.decoders[name](latent, side, training=False)
+    self.discriminator(tf.zeros([1, image_size, image_size, 3]), training=False)
+    self.image_size = image_size
+    self.built = True
+
+  def build(self, input_shape=None):
+    if self.image_size is None:
+      raise ValueError("MixAndMatchNetworks.build needs image_size; pass image_size=... "
+                       "to the constructor or call build_networks(image_size).")
+    self.build_networks(self.image_size)
+
+  # ------------------------------------------------------------------ inference API
+  def encode(self, modality, x, training=False):
+    """Encodes model-space `x` of `modality`.
+
+    Args:
+      modality: Source modality name.
+      x: [B, H, W, C] float image, or int labels [B, H, W] for segmentation.
+      training: Batch-norm mode.
+
+    Returns:
+      (latent [B, H/32, W/32, 512*width], side tuple of 5 tensors or ()).
+    """
+    mm_modalities.check_name(modality, self.modality_names)
+    return self.encoders[modality](self.modalities[modality].encoder_input(x),
+                                   training=training)
+
+  def decode(self, modality, latent, side=(), training=False):
+    """Decodes a latent into `modality` (float32; logits for segmentation)."""
+    mm_modalities.check_name(modality, self.modality_names)
+    return self.decoders[modality](latent, tuple(side), training=training)
+
+  def translate(self, source, target, x, training=False):
+    """`target` decoder applied to the `source` encoding of `x` (source side information).
+
+    Example:
+      >>> logits = model.translate("depth", "segmentation", depth_batch)
+      >>> labels = model.modalities["segmentation"].to_labels(logits)
+    """
+    mm_modalities.check_name(target, self.modality_names)
+    latent, side = self.encode(source, x, training=training)
+    return self.decode(target, latent, side, training=training)
+
+  def multimodal_weights(self, sources: Sequence[str]) -> Dict[str, float]:
+    """Default fusion weights (see MULTIMODAL_NON_ANCHOR_WEIGHT)."""
+    sources = list(sources)
+    if self.anchor in sources and len(sources) > 1:
+      others = [s for s in sources if s != self.anchor]
+      weights = {s: MULTIMODAL_NON_ANCHOR_WEIGHT for s in others}
+      weights[self.anchor] = 1.0 - MULTIMODAL_NON_ANCHOR_WEIGHT * len(others)
+      if weights[self.anchor] <= 0:
+        return {s: 1.0 / len(sources) for s in sources}
+      return weights
+    return {s: 1.0 / len(sources) for s in sources}
+
+  def translate_multimodal(self, inputs: Mapping[str, tf.Tensor], target: str,
+                           weights: Optional[Mapping[str, float]] = None, training=False):
+    """Decodes a weighted average of several encoders' latents (paper 6.3).
+
+    Args:
+      inputs: `{modality: x}` of two or more sources.
+      target: Target modality.
+      weights: `{modality: weight}`; normalised to sum to one. Default:
+        `multimodal_weights(inputs)`.
+
+    Returns:
+      The decoded target. Side information is the anchor's if it is an input (the
+      paper decodes with the RGB encoder's pooling indices), else the first input's.
+    """
+    if not inputs:
+      raise ValueError("translate_multimodal needs at least one input modality.")
+    for name in inputs:
+      mm_modalities.check_name(name, self.modality_names)
+    weights = dict(weights or self.multimodal_weights(list(inputs)))
+    if set(weights) != set(inputs):
+      raise ValueError(f"weights are given for {sorted(weights)} but inputs are {sorted(inputs)}.")
+    total = sum(float(w) for w in weights.values())
+    if total <= 0 or any(float(w) < 0 for w in weights.values()):
+      raise ValueError(f"Multimodal weights must be >= 0 with a positive sum, got {weights}.")
+    fused, side_source, side = None, None, ()
+    for name, x in inputs.items():
+      latent, this_side = self.encode(name, x, training=training)
+      term = latent * tf.cast(float(weights[name]) / total, latent.dtype)
+      fused = term if fused is None else fused + term
+      if side_source is None or name == self.anchor:
+        side_source, side = name, this_side
+    return self.decode(target, fused, side, training=training)
+
+  def alignment_factor(self, modality_a, x_a, modality_b, x_b):
+    """Paper Eq. 16: mean cosine similarity of the two encoders' flattened latents."""
+    latent_a, _ = self.encode(modality_a, x_a)
+    latent_b, _ = self.encode(modality_b, x_b)
+    a = tf.reshape(tf.cast(latent_a, tf.float32), [tf.shape(latent_a)[0], -1])
+    b = tf.reshape(tf.cast(latent_b, tf.float32), [tf.shape(latent_b)[0], -1])
+    cosine = tf.reduce_sum(tf.math.l2_normalize(a, axis=1) * tf.math.l2_normalize(b, axis=1),
+                           axis=1)
+    return tf.reduce_mean(cosine)
+
+  def alignment_factors(self, batch: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    """Alignment factor of every pair of encoders on a batch with all modalities."""
+    names = [m for m in self.modalities if m in batch]
+    return {f"{a}_{b}": self.alignment_factor(a, batch[a], b, batch[b])
+            for a, b in itertools.combinations(names, 2)}
+
+  def call(self, inputs, training=False):
+    """Translates every given modality into every modality.
+
+    Args:
+      inputs: `{modality: x}`.
+
+    Returns:
+      `{"{source}_to_{target}": output}` for every source in `inputs` and every target.
+    """
+    outputs = {}
+    for source, x in inputs.items():
+      latent, side = self.encode(source, x, training=training)
+      for target in self.modalities:
+        outputs[f"{source}_to_{target}"] = self.decode(target, latent, side, training=training)
+    return outputs
+
+  # ------------------------------------------------------------------ training
+  @property
+  def stage(self) -> int:
+    return self._stage
+
+  @property
+  def stage_spec(self) -> mm_stages.StageSpec:
+    return self.stage_specs[self._stage]
+
+  def set_stage(self, stage: int):
+    """Selects the stage whose terms, weights and frozen modules `train_step` uses.
+
+    Re-traces the train function. Call `compile()` after it to give the stage its own
+    optimizers (the paper's stage 3 has its own learning rate).
+    """
+    if int(stage) not in self.stage_specs:
+      raise ValueError(f"Unknown stage {stage}; this model has stages {sorted(self.stage_specs)}.")
+    self._stage = int(stage)
+    for frozen in self.stage_spec.frozen:
+      self._module(frozen)  # Validates names early.
+    self.train_function = None
+    self.test_function = None
+    self.predict_function = None
+
+  def _module(self, module_name):
+    for name in self.modalities:
+      if module_name == f"{name}_encoder":
+        return self.encoders[name]
+      if module_name == f"{name}_decoder":
+        return self.decoders[name]
+    if module_name == "discriminator":
+      return self.discriminator
+    raise ValueError(f"Unknown module {module_name!r}; modules are <modality>_encoder, "
+                     f"<modality>_decoder and discriminator for {', '.join(self.modalities)}.")
+
+  def _is_frozen(self, module) -> bool:
+    return module.name in self.stage_spec.frozen
+
+  def compile(self, generator_optimizer=None, discriminator_optimizer=None, **kwargs):
+    """Sets the two optimizers (defaults: Adam at the stage's learning rate, beta1 0.5).
+
+    `jit_compile` defaults to False: `tf.nn.max_pool_with_argmax` has no XLA kernel.
+    """
+    kwargs.setdefault("jit_compile", False)
+    learning_rate = self.stage_spec.learning_rate
+    self.generator_optimizer = generator_optimizer or keras.optimizers.Adam(
+        learning_rate, beta_1=0.5, name="generator_adam")
+    self.discriminator_optimizer = discriminator_optimizer or keras.optimizers.Adam(
+        learning_rate, beta_1=0.5, name="discriminator_adam")
+    super().compile(optimizer=self.generator_optimizer, **kwargs)
+
+  @property
+  def metrics(self):
+    return [self._loss_tracker] + [self._term_trackers[t] for t in self.active_term_names()]
+
+  def active_term_names(self, spec: Optional[mm_stages.StageSpec] = None):
+    """Names of the loss terms that the stage `spec` (default: current) trains."""
+    spec = spec or self.stage_spec
+    names = []
+    for stream in self.streams:
+      for other in stream[1:]:
+        names += [f"{self.anchor}_to_{other}", f"{other}_to_{self.anchor}"]
+      if spec.autoencoders:
+        names += [f"{m}_to_{m}" for m in stream]
+      if spec.latent_consistency:
+        names += [f"latent_{self.anchor}_{m}" for m in stream[1:]]
+      if spec.pseudo_pairs:
+        names += [f"pseudo_{s}_to_{t}" for s, t in self._pseudo_pairs(stream)]
+    if self._adversarial_modalities() and spec.gan_weight > 0:
+      names += [f"{m}_gan" for m in self._adversarial_modalities()] + ["discriminator"]
+    return list(dict.fromkeys(names))
+
+  def generator_variables(self):
+    """Trainable variables of the encoders/decoders that the current stage updates."""
+    modules = [m for m in list(self.encoders.values()) + list(self.decoders.values())
+               if not self._is_frozen(m)]
+    return [v for module in modules for v in module.trainable_variables]
+
+  def _encode_for_training(self, modality, x):
+    encoder = self.encoders[modality]
+    return encoder(self.modalities[modality].encoder_input(x),
+                   training=not self._is_frozen(encoder))
+
+  def _noisy(self, latent):
+    if not self.stage_spec.latent_noise or self.noise_std <= 0:
+      return latent
+    noise = tf.random.normal(tf.shape(latent), stddev=self.noise_std, dtype=tf.float32)
+    return latent + tf.cast(noise, latent.dtype)
+
+  def _decode_for_training(self, modality, latent, side):
+    decoder = self.decoders[modality]
+    return decoder(latent, side, training=not self._is_frozen(decoder))
+
+  def compute_loss_terms(self, batch, spec: Optional[mm_stages.StageSpec] = None):
+    """Per-example losses of every term the stage trains, and the generated images.
+
+    Args:
+      batch: `{stream_name: {modality: tensor}}` (see module docstring).
+      spec: Stage (default: the current one).
+
+    Returns:
+      (terms, generated): `terms` maps a term name to a list of [B] per-example losses
+      (one entry per stream that contributes it); `generated` maps each adversarial
+      modality to the list of its generated images (for the GAN terms).
+    """
+    spec = spec or self.stage_spec
+    terms = {}
+    generated = {m: [] for m in self._adversarial_modalities()}
+
+    def add(name, value):
+      terms.setdefault(name, []).append(value)
+
+    for stream in self.streams:
+      name = stream_name(stream)
+      if name not in batch:
+        raise ValueError(f"The batch has no stream {name!r}; it has {sorted(batch)}. Each batch "
+                         "must carry one entry per training stream.")
+      data = batch[name]
+      for modality in stream:
+        if modality not in data:
+          raise ValueError(f"Stream {name!r} of the batch lacks modality {modality!r}.")
+      encoded = {m: self._encode_for_training(m, data[m]) for m in stream}
+      decoder_input = {m: self._noisy(encoded[m][0]) for m in stream}
+
+      def translate(source, target):
+        output = self._decode_for_training(target, decoder_input[source], encoded[source][1])
+        if target in generated:
+          generated[target].append(output)
+        return output
+
+      routes = [(self.anchor, o) for o in stream[1:]] + [(o, self.anchor) for o in stream[1:]]
+      if spec.autoencoders:
+        routes += [(m, m) for m in stream]
+      for source, target in routes:
+        output = translate(source, target)
+        add(f"{source}_to_{target}",
+            mm_losses.reconstruction(self.modalities[target], output, data[target]))
+      if spec.latent_consistency:
+        for other in stream[1:]:
+          add(f"latent_{self.anchor}_{other}",
+              mm_losses.latent_consistency(encoded[self.anchor][0], encoded[other][0]))
+      if spec.pseudo_pairs:
+        anchor_latent, anchor_side = encoded[self.anchor]
+        for source, target in self._pseudo_pairs(stream):
+          # The seen translator anchor->target gives the pseudo target; it is neither
+          # trained nor put in training mode by this term.
+          pseudo_target = tf.stop_gradient(self.decoders[target](
+              tf.stop_gradient(anchor_latent), anchor_side, training=False))
+          output = self._decode_for_training(target, decoder_input[source], encoded[source][1])
+          add(f"pseudo_{source}_to_{target}",
+              mm_losses.pseudo_pair(self.modalities[target], output, pseudo_target))
+    return terms, generated
+
+  def _average(self, per_example_list):
+    """Global-batch mean of per-example losses, scaled for the replica count."""
+    per_example = tf.concat([tf.reshape(v, [-1]) for v in per_example_list], axis=0)
+    return tf.nn.compute_average_loss(per_example)
+
+  def _term_weight(self, term, spec):
+    if term.startswith("latent_"):
+      return spec.latent_weight
+    if term.startswith("pseudo_"):
+      return spec.pseudo_pair_weight
+    target = term.rsplit("_to_", 1)[1]
+    weight = spec.modality_weight(target)
+    if self.modalities[target].adversarial:
+      weight *= spec.l2_weight  # L_RGB = lambda_L2 * L2 + L_GAN.
+    return weight
+
+  def train_step(self, data):
+    spec = self.stage_spec
+    adversarial = self._adversarial_modalities() if spec.gan_weight > 0 else []
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    variables = self.generator_variables()
+    with tf.GradientTape() as tape:
+      terms, generated = self.compute_loss_terms(data, spec)
+      # `_average` divides by the replica count (gradients are summed across replicas);
+      # reported values are multiplied back.
+      averaged = {name: self._average(values) for name, values in terms.items()}
+      total = tf.add_n([self._term_weight(n, spec) * v for n, v in averaged.items()])
+      for modality in adversarial:
+        fake = tf.concat(generated[modality], axis=0)
+        gan = self._average([mm_losses.lsgan_generator(self.discriminator(fake, training=True))])
+        averaged[f"{modality}_gan"] = gan
+        total += spec.modality_weight(modality) * spec.gan_weight * gan
+    gradients = tape.gradient(total, variables)
+    self.generator_optimizer.apply(gradients, variables)
+
+    for modality in adversarial:
+      real = tf.concat([batch[modality] for batch in data.values() if modality in batch], axis=0)
+      fake = tf.stop_gradient(tf.concat(generated[modality], axis=0))
+      with tf.GradientTape() as tape:
+        real_loss, fake_loss = mm_losses.lsgan_discriminator(
+            self.discriminator(real, training=True), self.discriminator(fake, training=True))
+        discriminator_loss = self._average([real_loss]) + self._average([fake_loss])
+      d_variables = self.discriminator.trainable_variables
+      self.discriminator_optimizer.apply(tape.gradient(discriminator_loss, d_variables),
+                                         d_variables)
+      averaged["discriminator"] = discriminator_loss
+
+    replicas = tf.cast(replicas, tf.float32)
+    self._loss_tracker.update_state(total * replicas)
+    for name, value in averaged.items():
+      self._term_trackers[name].update_state(value * replicas)
+    return {m.name: m.result() for m in self.metrics}
+
+  def test_step(self, data):
+    """Evaluates the current stage's (unweighted) terms without updating anything."""
+    spec = self.stage_spec
+    terms, _ = self.compute_loss_terms(data, spec)
+    averaged = {name: self._average(values) for name, values in terms.items()}
+    total = tf.add_n([self._term_weight(n, spec) * v for n, v in averaged.items()])
+    replicas = tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, tf.float32)
+    self._loss_tracker.update_state(total * replicas)
+    for name, value in averaged.items():
+      self._term_trackers[name].update_state(value * replicas)
+    return {m.name: m.result() for m in [self._loss_tracker] +
+            [self._term_trackers[n] for n in averaged]}
+
+  # ------------------------------------------------------------------ config
+  def get_config(self):
+    return {
+        "name": self.name,
+        "modalities": [m.to_config() for m in self.modalities.values()],
+        "streams": [list(s) for s in self.streams],
+        "anchor": self.anchor,
+        "width": self.width,
+        "side_information": self.side_information,
+        "noise_std": self.noise_std,
+        "stages": {str(n): s.to_config() for n, s in self.stage_specs.items()},
+        "image_size": self.image_size,
+        "unpool_implementation": self.unpool_implementation,
+        "encoder_batch_norm": self.encoder_batch_norm,
+    }
+
+  @classmethod
+  def from_config(cls, config):
+    return cls(**config)
