@@ -410,11 +410,8 @@ class MixAndMatchNetworks(keras.Model):
       terms.setdefault(name, []).append(value)
 
     for stream in self.streams:
+      data = self._stream_batch(batch, stream)
       name = stream_name(stream)
-      if name not in batch:
-        raise ValueError(f"The batch has no stream {name!r}; it has {sorted(batch)}. Each batch "
-                         "must carry one entry per training stream.")
-      data = batch[name]
       for modality in stream:
         if modality not in data:
           raise ValueError(f"Stream {name!r} of the batch lacks modality {modality!r}.")
@@ -449,6 +446,14 @@ class MixAndMatchNetworks(keras.Model):
           add(f"pseudo_{source}_to_{target}",
               mm_losses.pseudo_pair(self.modalities[target], output, pseudo_target))
     return terms, generated
+
+  def _stream_batch(self, batch, stream):
+    """The batch entry of `stream`; its key may list the modalities in any order."""
+    for key, value in batch.items():
+      if sorted(key.split("+")) == sorted(stream):
+        return value
+    raise ValueError(f"The batch has no stream {stream_name(stream)!r}; it has {sorted(batch)}. "
+                     "Each batch must carry one entry per training stream.")
 
   def _average(self, per_example_list):
     """Global-batch mean of per-example losses, scaled for the replica count."""
