@@ -1,0 +1,23 @@
+"""Datasets of mm_tf: specs, the synthetic forest generator, tfds builders, pipelines.
+
+Importing this package registers the tfds builders "freiburg_forest", "sun_rgbd" and
+"scenenet_rgbd". See docs/data.md.
+
+Example:
+  >>> import mm_tf.data
+  >>> spec = mm_tf.data.get_dataset_spec("synthetic_forest")
+  >>> mm_tf.data.ensure_synthetic_forest("/tmp/data", num_train=200, num_test=50, image_size=64)
+  >>> batches = mm_tf.data.pipeline.train_dataset(spec, "/tmp/data", 64, 8, seed=0)
+"""
+
+from mm_tf.data import freiburg_forest  # Registers the tfds builders.
+from mm_tf.data import pipeline
+from mm_tf.data import scenenet_rgbd
+from mm_tf.data import sun_rgbd
+from mm_tf.data.datasets import DatasetSpec, dataset_names, get_dataset_spec, stream_name
+from mm_tf.data.pipeline import test_dataset, train_dataset
+from mm_tf.data.synthetic_forest import ensure_synthetic_forest
+
+__all__ = ["DatasetSpec", "dataset_names", "get_dataset_spec", "stream_name", "pipeline",
+           "train_dataset", "test_dataset", "ensure_synthetic_forest", "freiburg_forest",
+           "sun_rgbd", "scenenet_rgbd"]
