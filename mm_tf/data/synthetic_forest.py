@@ -22,7 +22,7 @@ The embedded dataset of mm_tf. Every scene is rendered from a camera over a grou
 Files are written in the exact Freiburg Forest layout and palette, so the
 `freiburg_forest` tfds builder reads synthetic and real data alike:
 
-  <output_dir>/{train,test}/rgb/<id>_Clipped.jpg                        (JPEG, quality 95)
+  <output_dir>/{train,test}/rgb/<id>_Clipped.jpg                        (JPEG, quality 95, 4:4:4)
   <output_dir>/{train,test}/depth_gray/<id>_Clipped_redict_depth_gray.png (16-bit, mm, 0 = sky)
   <output_dir>/{train,test}/nir_gray/<id>.tif                           (8-bit grayscale)
   <output_dir>/{train,test}/GT_color/<id>_Clipped.png                   (Freiburg palette)
@@ -382,7 +382,7 @@ def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
 def write_scene(split_dir: str, file_id: str, scene: Dict[str, np.ndarray]) -> None:
   """Writes one scene in the Freiburg Forest layout (see module doc)."""
   Image.fromarray(scene["rgb"]).save(
-      os.path.join(split_dir, "rgb", f"{file_id}_Clipped.jpg"), quality=JPEG_QUALITY)
+      os.path.join(split_dir, "rgb", f"{file_id}_Clipped.jpg"), quality=JPEG_QUALITY, subsampling=0)
   depth_mm = np.clip(np.round(scene["depth"] * 1000.0), 0, 65535).astype(np.uint16)
   Image.fromarray(depth_mm).save(
       os.path.join(split_dir, "depth_gray", f"{file_id}_Clipped_redict_depth_gray.png"))
