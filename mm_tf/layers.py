@@ -164,7 +164,10 @@ class ConvBlock(keras.layers.Layer):
     # No conv bias before batch norm: BN's beta plays that role.
     self.conv = conv_class(self.filters, self.kernel_size, strides=self.strides, padding="same",
                            use_bias=not self.batch_norm, name="conv")
-    self.norm = keras.layers.BatchNormalization(name="bn") if self.batch_norm else None
+    # synchronized: under a tf.distribute strategy the batch statistics are those of the
+    # global batch, so training on N replicas matches one device.
+    self.norm = (keras.layers.BatchNormalization(synchronized=True, name="bn")
+                 if self.batch_norm else None)
     if activation == "relu":
       self.act = keras.layers.ReLU(name="relu")
     elif activation == "leaky_relu":
@@ -197,3 +200,72 @@ class ConvBlock(keras.layers.Layer):
                   transpose=self.transpose, batch_norm=self.batch_norm,
                   activation=self.activation)
     return config
+
+
+# ---------------------------------------------------------------- compact switches
+# On the wire (serving) a switch needs only its position inside its 2x2 window: 2 bits
+# instead of an int64 flat index. Four positions are packed into one uint8 along the
+# channel axis (channel 4k + j in bits 2j..2j+1 of byte k), so every byte value 0..255 is
+# a valid encoding and a decoder cannot be handed an out-of-window index.
+POSITIONS_PER_BYTE = 4
+
+
+def compact_switches(switches):
+  """Packs int64 switches into uint8 window positions, four per byte.
+
+  A switch is the per-image flat index `(y * W + x) * C + c` into the pre-pool map
+  [H, W, C] (`MaxPoolWithArgmax`, H = 2h, W = 2w). For pooled cell (i, j, c) the
+  maximum lies at y = 2i + dy, x = 2j + dx, and its window position is `2 * dy + dx`.
+
+  Args:
+    switches: int64 [B, h, w, C] switches of one pooling layer.
+
+  Returns:
+    uint8 [B, h, w, ceil(C / 4)]; channels are zero-padded to a multiple of four.
+
+  Example:
+    >>> _, switches = MaxPoolWithArgmax()(tf.random.normal([1, 4, 4, 8]))
+    >>> compact_switches(switches).shape
+    TensorShape([1, 2, 2, 2])
+  """
+  switches = tf.cast(switches, tf.int64)
+  shape = tf.shape(switches, out_type=tf.int64)
+  width, channels = shape[2], shape[3]
+  pixel = switches // channels  # y * W + x with W = 2 * width.
+  y, x = pixel // (POOL_SIZE * width), pixel % (POOL_SIZE * width)
+  rows = tf.reshape(tf.range(shape[1]), [1, -1, 1, 1]) * POOL_SIZE
+  cols = tf.reshape(tf.range(width), [1, 1, -1, 1]) * POOL_SIZE
+  positions = (y - rows) * POOL_SIZE + (x - cols)  # 0..3
+  padding = (-channels) % POSITIONS_PER_BYTE
+  positions = tf.pad(positions, [[0, 0], [0, 0], [0, 0], [0, padding]])
+  groups = tf.reshape(positions, tf.concat([shape[:3], [-1, POSITIONS_PER_BYTE]], axis=0))
+  shifts = tf.constant([0, 2, 4, 6], tf.int64)
+  packed = tf.reduce_sum(tf.bitwise.left_shift(groups, shifts), axis=-1)
+  return tf.cast(packed, tf.uint8)
+
+
+def expand_switches(packed, channels):
+  """Rebuilds the int64 switches that `compact_switches` packed (exact inverse).
+
+  Args:
+    packed: uint8 [B, h, w, ceil(channels / 4)] window positions.
+    channels: Channels C of the pooled map (static int, or a scalar tensor).
+
+  Returns:
+    int64 [B, h, w, channels] flat per-image indices `(y * 2w + x) * C + c`, ready for
+    `unpool` / `MaxUnpooling2D`.
+  """
+  packed = tf.cast(packed, tf.int64)
+  shape = tf.shape(packed, out_type=tf.int64)
+  channels = tf.cast(channels, tf.int64)
+  shifts = tf.constant([0, 2, 4, 6], tf.int64)
+  positions = tf.bitwise.bitwise_and(
+      tf.bitwise.right_shift(packed[..., tf.newaxis], shifts), 3)
+  positions = tf.reshape(positions, tf.concat([shape[:3], [-1]], axis=0))[..., :channels]
+  width = shape[2]
+  rows = tf.reshape(tf.range(shape[1]), [1, -1, 1, 1]) * POOL_SIZE
+  cols = tf.reshape(tf.range(width), [1, 1, -1, 1]) * POOL_SIZE
+  y = rows + positions // POOL_SIZE
+  x = cols + positions % POOL_SIZE
+  c = tf.reshape(tf.range(channels), [1, 1, 1, -1])
+  return (y * (POOL_SIZE * width) + x) * channels + c

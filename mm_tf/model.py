@@ -220,6 +220,20 @@ class MixAndMatchNetworks(keras.Model):
     latent, side = self.encode(source, x, training=training)
     return self.decode(target, latent, side, training=training)
 
+  def translator(self, source, target):
+    """A `keras.Model` for the translation source->target (shares this model's weights).
+
+    Its `predict` takes numpy batches in model space (like `translate`) and returns the
+    `translate` output (logits for segmentation). It is never XLA-compiled: argmax
+    pooling has no XLA kernel.
+
+    Example:
+      >>> logits = model.translator("depth", "segmentation").predict(depth_batch)
+    """
+    mm_modalities.check_name(source, self.modality_names)
+    mm_modalities.check_name(target, self.modality_names)
+    return Translator(self, source, target)
+
   def multimodal_weights(self, sources: Sequence[str]) -> Dict[str, float]:
     """Default fusion weights (see MULTIMODAL_NON_ANCHOR_WEIGHT)."""
     sources = list(sources)
@@ -540,3 +554,19 @@ class MixAndMatchNetworks(keras.Model):
   @classmethod
   def from_config(cls, config):
     return cls(**config)
+
+
+class Translator(keras.Model):
+  """One translation of a `MixAndMatchNetworks` as a plain Keras model (see `translator`)."""
+
+  def __init__(self, networks_model, source, target, **kwargs):
+    kwargs.setdefault("name", f"{source}_to_{target}")
+    super().__init__(**kwargs)
+    self.networks_model = networks_model
+    self.source = source
+    self.target = target
+    # Keras would pick XLA on GPUs ("auto"); max_pool_with_argmax has no XLA kernel.
+    self.jit_compile = False
+
+  def call(self, inputs, training=False):
+    return self.networks_model.translate(self.source, self.target, inputs, training=training)
