@@ -328,7 +328,8 @@ def test_dataset(spec, data_dir: str, image_size: int, batch_size: int,
 
   Returns:
     tf.data.Dataset of {"rgb": [B,S,S,3], "depth": [B,S,S,1], ("nir": [B,S,S,1],)
-    "segmentation": [B,S,S] int32 (, "id": [B] string)}, normalised, in file order.
+    "segmentation": [B,S,S] int32 (, "id": [B] string)}, normalised, in the prepared
+    (tfds) order, which is deterministic but not sorted by id.
   """
   spec = datasets.get_dataset_spec(spec)
   builder, ds = _raw_split(spec, data_dir, split, skip_bad_examples, cache=False)
