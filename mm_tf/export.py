@@ -51,6 +51,7 @@ from absl import flags
 import tensorflow as tf
 
 from mm_tf import layers as mm_layers
+from mm_tf import model as mm_model
 from mm_tf import networks
 
 MANIFEST_FILE = "manifest.json"
@@ -321,8 +322,9 @@ def build_manifest(model, wire_format, version, include_multimodal=True):
           MMNET_MODEL: {"kind": "mmnet", "translations": translations,
                         "multimodal": multimodal},
       },
-      "default_multimodal_weights": "anchor 1 - 0.2 * n_others, each other 0.2; "
-                                    "equal weights without the anchor",
+      # Default fusion weights (model.multimodal_weights): each non-anchor source gets
+      # this weight and the anchor the rest; equal weights without the anchor.
+      "multimodal_non_anchor_weight": mm_model.MULTIMODAL_NON_ANCHOR_WEIGHT,
   }
 
 
