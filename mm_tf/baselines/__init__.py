@@ -13,4 +13,7 @@ Every baseline consumes the M&MNets batch contract and exposes
     their supervised loss added.
 """
 
+from mm_tf.baselines.cyclegan import CycleGAN
 from mm_tf.baselines.pix2pix import TwoPix2Pix
+from mm_tf.baselines.stargan import StarGAN
+from mm_tf.baselines.unit import UNIT
