@@ -43,7 +43,6 @@ import tensorflow_datasets as tfds
 
 from mm_tf.data import common
 from mm_tf.data import datasets
-from mm_tf.data import synthetic_forest
 
 SPLIT_SALT = "mm_tf-zero-pair-v1"
 DEFAULT_MAX_SCALE = 1.25
@@ -60,6 +59,8 @@ def tfds_data_dir(spec, data_dir: str) -> str:
   (`<data_dir>/tfds/synthetic_forest-<hash>`), so regenerating it with other parameters
   never reads a stale cache.
   """
+  # Imported here: `python -m mm_tf.data.synthetic_forest` must not find it imported already.
+  from mm_tf.data import synthetic_forest  # pylint: disable=g-import-not-at-top
   spec = datasets.get_dataset_spec(spec)
   root = os.path.join(data_dir, "tfds")
   if spec.name != "synthetic_forest":
