@@ -153,7 +153,9 @@ class BaselineTranslator(keras.Model):
   report) before calling `_make_trackers()`, implement `train_step` and
   `translate(source, target, x)`, and list what they translate directly in
   `direct_translations` (everything else goes through `translate`'s own route, e.g. a
-  cascade through RGB).
+  cascade through RGB). Baselines deliberately have no `translate_multimodal`:
+  `mm_tf.evaluation.evaluate_model` takes objects with one for M&MNets models; baselines
+  are scored through `translate_fn` (see `mm_tf.experiments`).
 
   Args:
     modalities: `Modality` objects or built-in names.
@@ -210,9 +212,6 @@ class BaselineTranslator(keras.Model):
 
   def translate(self, source: str, target: str, x, training=False):
     raise NotImplementedError
-
-  def translate_multimodal(self, inputs, target, weights=None, training=False):
-    raise NotImplementedError(f"{type(self).__name__} has no multimodal translation.")
 
   def apply_gradients(self, optimizer, tape, loss, variables):
     gradients = tape.gradient(loss, variables)
