@@ -293,10 +293,11 @@ def train_dataset(spec, data_dir: str, image_size: int, batch_size: int, seed: i
     streams = spec.streams
     assignment = assign_streams(ids, len(streams))
     filters = [(assignment, k) for k in range(len(streams))]
-  per_stream = {}
+  per_stream, sizes = {}, {}
   for k, (stream, stream_filter) in enumerate(zip(streams, filters)):
     _, ds = _raw_split(spec, data_dir, "train", skip_bad_examples, stream_filter)
     count = len(ids) if stream_filter is None else sum(1 for i in ids if stream_filter[0][i] == k)
+    sizes[datasets.stream_name(stream)] = count
     ds = ds.shuffle(max(1, min(shuffle_buffer, count)), seed=seed * 7919 + k,
                     reshuffle_each_iteration=True).repeat()
     ds = _examples(ds, builder, spec, image_size, skip_bad_examples)
@@ -308,8 +309,8 @@ def train_dataset(spec, data_dir: str, image_size: int, batch_size: int, seed: i
 
     ds = tf.data.Dataset.zip(ds, aug_seeds).map(transform, num_parallel_calls=tf.data.AUTOTUNE)
     per_stream[datasets.stream_name(stream)] = ds.batch(batch_size, drop_remainder=True)
-  logging.info("%s train streams%s: %s", spec.name, " (oracle)" if oracle else "",
-               {name: "" for name in per_stream})
+  logging.info("%s train streams%s (examples each): %s", spec.name, " (oracle)" if oracle else "",
+               sizes)
   return tf.data.Dataset.zip(per_stream).prefetch(tf.data.AUTOTUNE)
 
 
