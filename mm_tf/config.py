@@ -1,0 +1,299 @@
+"""`ExperimentConfig`: every setting of a training run, built from absl flags.
+
+One frozen dataclass holds data, model, stage and runtime settings. `define_flags()`
+declares the flags (with help strings; `python -m mm_tf.train --helpfull` lists them),
+`from_flags()` builds the config, `stages()` turns it into the model's `StageSpec`s.
+The config is written to `<model_dir>/config.json` (and the flags to `flags.txt`); a
+re-run in the same model_dir is compared with it by `check_compatible`.
+"""
+
+import dataclasses
+import json
+from typing import Dict, Optional, Tuple
+
+from mm_tf import stages as mm_stages
+
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+STRATEGIES = ("default", "mirrored", "multi_worker")
+SIDE_INFORMATION = ("switches", "skip", "none")
+
+# Settings that change the networks' shapes, the data or the meaning of a checkpoint: a
+# run resumed with another value would silently mix two experiments, so it is refused.
+# Everything else (steps, logging, evaluation, export, lambdas, learning rates, precision,
+# batch size) may change between runs of the same model_dir.
+INCOMPATIBLE_FIELDS = ("dataset", "image_size", "width", "side_information",
+                       "unpool_implementation", "oracle", "rgb_encoder_vgg16_h5",
+                       "synthetic_num_train", "synthetic_num_test", "seed", "noise_std")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+  """Every setting of a training run (see the flag help strings in `define_flags`)."""
+
+  # Data.
+  dataset: str = "synthetic_forest"
+  data_dir: str = "data"
+  image_size: int = 64
+  batch_size: int = 8
+  augment: bool = True
+  skip_bad_examples: bool = False
+  synthetic_num_train: int = 400
+  synthetic_num_test: int = 100
+  # Model.
+  width: float = 0.125
+  side_information: str = "switches"
+  noise_std: float = 0.5
+  unpool_implementation: str = "fused"
+  rgb_encoder_vgg16_h5: str = ""
+  oracle: bool = False
+  # Stages: steps, learning rates and lambdas (lambda_R, lambda_S, lambda_D, lambda_N,
+  # lambda_L2, GAN weight, lambda_A, lambda_PP), one value per stage.
+  steps: Tuple[int, int, int] = mm_stages.PAPER_STEPS
+  learning_rate: Tuple[float, float, float] = (2e-4, 2e-4, 2e-5)
+  lambda_rgb: Tuple[float, float, float] = (1.0, 10.0, 10.0)
+  lambda_segmentation: Tuple[float, float, float] = (100.0, 100.0, 100.0)
+  lambda_depth: Tuple[float, float, float] = (10.0, 10.0, 10.0)
+  lambda_nir: Tuple[float, float, float] = (10.0, 10.0, 10.0)
+  lambda_l2: Tuple[float, float, float] = (1.0, 100.0, 100.0)
+  lambda_gan: Tuple[float, float, float] = (1.0, 1.0, 1.0)
+  lambda_latent: Tuple[float, float, float] = (1.0, 10.0, 10.0)
+  lambda_pseudo_pairs: float = 100.0
+  autoencoders: bool = True
+  latent_consistency: bool = True
+  latent_noise: bool = True
+  freeze_rgb_encoder: bool = True
+  oracle_steps: int = -1
+  with_oracle: bool = False
+  # Runtime.
+  model_dir: str = "runs/synthetic_forest"
+  seed: int = 0
+  precision: str = "float32"
+  distribution_strategy: str = "default"
+  checkpoint_every_steps: int = 100
+  log_every_steps: int = 25
+  image_summary_every_steps: int = 200
+  keep_checkpoints: int = 2
+  eval_batch_size: int = 16
+  evaluate_each_stage: bool = True
+  run_evaluation: bool = True
+  export: bool = True
+  num_figure_examples: int = 4
+  oracle_model_dir: str = ""
+
+  def __post_init__(self):
+    for name in ("steps", "learning_rate", "lambda_rgb", "lambda_segmentation",
+                 "lambda_depth", "lambda_nir", "lambda_l2", "lambda_gan", "lambda_latent"):
+      value = tuple(getattr(self, name))
+      if len(value) != 3:
+        raise ValueError(f"--{name} needs one value per stage (3), got {list(value)}.")
+      object.__setattr__(self, name, value)
+    _check_choice("precision", self.precision, PRECISIONS)
+    _check_choice("distribution_strategy", self.distribution_strategy, STRATEGIES)
+    _check_choice("side_information", self.side_information, SIDE_INFORMATION)
+    if self.image_size % 32:
+      raise ValueError(f"--image_size must be a multiple of 32 (five 2x2 poolings), got "
+                       f"{self.image_size}.")
+    if self.batch_size < 1 or self.width <= 0:
+      raise ValueError(f"--batch_size must be >= 1 and --width > 0, got {self.batch_size} "
+                       f"and {self.width}.")
+    if any(s < 0 for s in self.steps) or any(lr <= 0 for lr in self.learning_rate):
+      raise ValueError(f"--steps must be >= 0 and --learning_rate > 0, got {list(self.steps)} "
+                       f"and {list(self.learning_rate)}.")
+    for name in ("checkpoint_every_steps", "log_every_steps", "image_summary_every_steps"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}.")
+
+  # ---------------------------------------------------------------- stages
+  def stage_numbers(self) -> Tuple[int, ...]:
+    """Stages this run trains: (1, 2, 3), or (1,) for the oracle."""
+    return (1,) if self.oracle else (1, 2, 3)
+
+  def stages(self) -> Dict[int, mm_stages.StageSpec]:
+    """The `StageSpec`s of this run (paper 6.1 structure; values from the flags)."""
+    if self.oracle:
+      # The oracle sees the (x, segmentation) pairs directly: translations only, one stage.
+      steps = self.oracle_steps if self.oracle_steps >= 0 else sum(self.steps)
+      return {1: mm_stages.StageSpec(
+          number=1, steps=steps, learning_rate=self.learning_rate[0],
+          modality_weights=self._modality_weights(0), l2_weight=self.lambda_l2[0],
+          gan_weight=self.lambda_gan[0], latent_weight=self.lambda_latent[0])}
+    specs = {}
+    for index, number in enumerate((1, 2, 3)):
+      later = number > 1
+      specs[number] = mm_stages.StageSpec(
+          number=number, steps=self.steps[index], learning_rate=self.learning_rate[index],
+          autoencoders=later and self.autoencoders,
+          latent_consistency=later and self.latent_consistency,
+          latent_noise=later and self.latent_noise,
+          pseudo_pairs=number == 3,
+          frozen=("rgb_encoder",) if later and self.freeze_rgb_encoder else (),
+          modality_weights=self._modality_weights(index), l2_weight=self.lambda_l2[index],
+          gan_weight=self.lambda_gan[index], latent_weight=self.lambda_latent[index],
+          pseudo_pair_weight=self.lambda_pseudo_pairs if number == 3 else 0.0)
+    return specs
+
+  def _modality_weights(self, index) -> Dict[str, float]:
+    return {"rgb": self.lambda_rgb[index], "segmentation": self.lambda_segmentation[index],
+            "depth": self.lambda_depth[index], "nir": self.lambda_nir[index]}
+
+  # ---------------------------------------------------------------- files
+  def to_dict(self) -> dict:
+    config = dataclasses.asdict(self)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items()}
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+  @classmethod
+  def from_dict(cls, values) -> "ExperimentConfig":
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in known})
+
+  @classmethod
+  def from_json_file(cls, path) -> "ExperimentConfig":
+    with open(path) as f:
+      return cls.from_dict(json.load(f))
+
+  def replace(self, **changes) -> "ExperimentConfig":
+    return dataclasses.replace(self, **changes)
+
+
+def check_compatible(saved: ExperimentConfig, current: ExperimentConfig):
+  """Raises ValueError naming every flag that may not change within one model_dir."""
+  changed = [name for name in INCOMPATIBLE_FIELDS
+             if getattr(saved, name) != getattr(current, name)]
+  if changed:
+    details = "; ".join(f"--{n}: saved {getattr(saved, n)!r}, now {getattr(current, n)!r}"
+                        for n in changed)
+    raise ValueError(
+        f"--model_dir {current.model_dir!r} holds a run with other settings that cannot "
+        f"change on resume ({details}). Use the saved values, or pick a new --model_dir.")
+
+
+def _check_choice(name, value, choices):
+  if value not in choices:
+    raise ValueError(f"--{name} must be one of {', '.join(choices)}; got {value!r}.")
+
+
+# ------------------------------------------------------------------ flags
+def define_flags():
+  """Declares the training flags (call once, from the `main` module)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  d = ExperimentConfig()
+
+  def floats(values):
+    return [str(v) for v in values]
+
+  # Data.
+  flags.DEFINE_string("dataset", d.dataset, "Dataset name: synthetic_forest (generated on "
+                      "first use), freiburg_forest, sun_rgbd or scenenet_rgbd.")
+  flags.DEFINE_string("data_dir", d.data_dir, "Project data directory. Raw files of dataset X "
+                      "live in <data_dir>/X (see docs/data.md); tfds caches in <data_dir>/tfds.")
+  flags.DEFINE_integer("image_size", d.image_size, "Height and width (pixels) the images are "
+                       "resized/cropped to; a multiple of 32 (paper: 256).")
+  flags.DEFINE_integer("batch_size", d.batch_size, "Examples per training stream per step "
+                       "(paper: 6).")
+  flags.DEFINE_bool("augment", d.augment, "Random scale/crop/flip of training examples.")
+  flags.DEFINE_bool("skip_bad_examples", d.skip_bad_examples, "Skip (and log) unreadable or "
+                    "too small examples instead of failing.")
+  flags.DEFINE_integer("synthetic_num_train", d.synthetic_num_train, "synthetic_forest only: "
+                       "number of training scenes to generate (split between the streams).")
+  flags.DEFINE_integer("synthetic_num_test", d.synthetic_num_test, "synthetic_forest only: "
+                       "number of test scenes to generate.")
+  # Model.
+  flags.DEFINE_float("width", d.width, "Channel multiplier of every network (1.0 = paper's "
+                     "VGG16 widths, 64..512 channels).")
+  flags.DEFINE_enum("side_information", d.side_information, list(SIDE_INFORMATION),
+                    "What the decoders get from the source encoder besides the latent: pooling "
+                    "indices (paper), skip connections or nothing (paper Table 2).")
+  flags.DEFINE_float("noise_std", d.noise_std, "Std of the Gaussian noise added to latents in "
+                     "stages 2-3 (paper: 0.5).")
+  flags.DEFINE_enum("unpool_implementation", d.unpool_implementation, ["fused", "scatter"],
+                    "Unpooling kernel (identical results; fused is faster).")
+  flags.DEFINE_string("rgb_encoder_vgg16_h5", d.rgb_encoder_vgg16_h5, "Optional local .h5 with "
+                      "VGG16 ImageNet weights (keras.applications layout) to initialise the RGB "
+                      "encoder (then built without batch norm, as in the paper). Never "
+                      "downloaded; requires --width=1.")
+  flags.DEFINE_bool("oracle", d.oracle, "Train the oracle instead: the same architecture on "
+                    "the (depth, segmentation) and (nir, segmentation) pairs that zero-pair "
+                    "training never sees, in one stage of --oracle_steps.")
+  # Stages.
+  flags.DEFINE_list("steps", [str(s) for s in d.steps], "Optimizer steps of stages 1,2,3 "
+                    "(paper: 200000,200000,100000). Stage 1: translations; stage 2: + "
+                    "autoencoders, latent consistency, noise, RGB encoder frozen; stage 3: + "
+                    "pseudo-pairs.")
+  flags.DEFINE_list("learning_rate", floats(d.learning_rate), "Adam learning rate of stages "
+                    "1,2,3 (paper: 2e-4,2e-4,2e-5).")
+  flags.DEFINE_list("lambda_rgb", floats(d.lambda_rgb), "lambda_R per stage: weight of the RGB "
+                    "loss (paper: 1,10,10).")
+  flags.DEFINE_list("lambda_segmentation", floats(d.lambda_segmentation), "lambda_S per stage: "
+                    "weight of the segmentation cross-entropy (paper: 100).")
+  flags.DEFINE_list("lambda_depth", floats(d.lambda_depth), "lambda_D per stage: weight of the "
+                    "depth BerHu loss (paper: 10).")
+  flags.DEFINE_list("lambda_nir", floats(d.lambda_nir), "Weight of the NIR BerHu loss per stage "
+                    "(not in the paper; same as lambda_D).")
+  flags.DEFINE_list("lambda_l2", floats(d.lambda_l2), "lambda_L2 per stage inside the RGB loss "
+                    "L_RGB = lambda_L2 * L2 + L_GAN (paper: 1,100,100).")
+  flags.DEFINE_list("lambda_gan", floats(d.lambda_gan), "Weight of the LSGAN term inside the "
+                    "RGB loss per stage (paper: 1; 0 turns the discriminator off).")
+  flags.DEFINE_list("lambda_latent", floats(d.lambda_latent), "lambda_A per stage: weight of "
+                    "the latent consistency loss (used from stage 2; paper: 10).")
+  flags.DEFINE_float("lambda_pseudo_pairs", d.lambda_pseudo_pairs, "lambda_PP: weight of the "
+                     "stage-3 pseudo-pair losses (paper: 100).")
+  flags.DEFINE_bool("autoencoders", d.autoencoders, "Train m->m autoencoders in stages 2-3.")
+  flags.DEFINE_bool("latent_consistency", d.latent_consistency, "Latent consistency loss in "
+                    "stages 2-3.")
+  flags.DEFINE_bool("latent_noise", d.latent_noise, "Gaussian latent noise in stages 2-3.")
+  flags.DEFINE_bool("freeze_rgb_encoder", d.freeze_rgb_encoder, "Freeze the RGB encoder in "
+                    "stages 2-3 (paper).")
+  flags.DEFINE_integer("oracle_steps", d.oracle_steps, "Steps of the --oracle run (-1: the sum "
+                       "of --steps).")
+  flags.DEFINE_bool("with_oracle", d.with_oracle, "After training, also train the oracle "
+                    "(--oracle settings, --oracle_steps) in <model_dir>/oracle and show it in "
+                    "the results table.")
+  # Runtime.
+  flags.DEFINE_string("model_dir", d.model_dir, "Where checkpoints (stage_<n>/), TensorBoard "
+                      "logs (tensorboard/), the final model (model/), evaluation (eval/) and "
+                      "export (export/) go. Re-running with the same model_dir resumes.")
+  flags.DEFINE_integer("seed", d.seed, "Seed of initialisation, data order and augmentation "
+                       "(and of the synthetic dataset).")
+  flags.DEFINE_enum("precision", d.precision, list(PRECISIONS), "Keras mixed-precision policy. "
+                    "mixed_bfloat16 is faster on CPUs with AMX/AVX512-bf16 and on TPUs; "
+                    "mixed_float16 on GPUs.")
+  flags.DEFINE_enum("distribution_strategy", d.distribution_strategy, list(STRATEGIES),
+                    "tf.distribute strategy: default (one device), mirrored (all local GPUs), "
+                    "multi_worker (TF_CONFIG cluster). batch_size is per replica.")
+  flags.DEFINE_integer("checkpoint_every_steps", d.checkpoint_every_steps, "Save a resumable "
+                       "checkpoint (weights, optimizer state, step) every N steps.")
+  flags.DEFINE_integer("log_every_steps", d.log_every_steps, "Write loss terms and alignment "
+                       "factors to TensorBoard every N steps.")
+  flags.DEFINE_integer("image_summary_every_steps", d.image_summary_every_steps, "Write image "
+                       "grids of seen and unseen translations every N steps.")
+  flags.DEFINE_integer("keep_checkpoints", d.keep_checkpoints, "Checkpoints kept per stage.")
+  flags.DEFINE_integer("eval_batch_size", d.eval_batch_size, "Batch size of the evaluation.")
+  flags.DEFINE_bool("evaluate_each_stage", d.evaluate_each_stage, "Evaluate after every stage "
+                    "(eval/stage_<n>/), so the table shows what each stage adds.")
+  flags.DEFINE_bool("run_evaluation", d.run_evaluation, "Evaluate on the test split when "
+                    "training ends (eval/results.{json,md}, eval/figures/).")
+  flags.DEFINE_bool("export", d.export, "Export SavedModels (export/) when training ends, if "
+                    "mm_tf.export is available.")
+  flags.DEFINE_integer("num_figure_examples", d.num_figure_examples, "Test examples shown in "
+                       "the qualitative figures.")
+  flags.DEFINE_string("oracle_model_dir", d.oracle_model_dir, "Optional model_dir of a trained "
+                      "--oracle run; its numbers are added to the results table.")
+
+
+def from_flags(flag_values=None) -> ExperimentConfig:
+  """Builds the config from parsed absl flags."""
+  if flag_values is None:
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    flag_values = flags.FLAGS
+  values = {}
+  for field in dataclasses.fields(ExperimentConfig):
+    value = flag_values[field.name].value
+    if field.name == "steps":
+      value = tuple(int(v) for v in value)
+    elif isinstance(field.default, tuple):
+      value = tuple(float(v) for v in value)
+    values[field.name] = value
+  return ExperimentConfig(**values)

@@ -1,0 +1,393 @@
+"""Evaluation of any translation system on a test set with every modality (a library).
+
+`evaluate_model(model_or_translate_fn, test_dataset, ...)` runs a list of `Translation`s
+over the whole test set and returns a results dict (see `evaluate_model`). A
+`MixAndMatchNetworks` gives its own translations (`default_translations`: seen, zero-pair,
+cascade through the anchor, multimodal) and alignment factors; a baseline passes any
+`translate_fn(translation, inputs) -> output` with the translations it supports.
+
+Outputs are compared in raw units: segmentation by one confusion matrix per translation
+(void excluded), depth/NIR by `metrics.DepthMetric` after `Modality.denormalize` (metres
+for depth), on valid pixels only.
+"""
+
+import dataclasses
+import itertools
+import json
+import os
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from mm_tf import metrics as mm_metrics
+
+KINDS = ("seen", "zero_pair", "unseen", "cascade", "multimodal", "oracle")
+SHORT_NAMES = {"rgb": "R", "segmentation": "S", "depth": "D", "nir": "N"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Translation:
+  """One way of producing `target` from `sources`.
+
+  Args:
+    sources: Input modalities (more than one: multimodal fusion).
+    target: Output modality.
+    kind: "seen" (paired training data), "zero_pair" (never paired, not even in one
+      stream), "unseen" (in one stream but not trained directly), "cascade" (through
+      `via`), "multimodal", or "oracle" (a model trained on the pair directly).
+    via: Intermediate modality of a cascade (source -> via -> target).
+  """
+
+  sources: Tuple[str, ...]
+  target: str
+  kind: str
+  via: Optional[str] = None
+
+  def __post_init__(self):
+    object.__setattr__(self, "sources", tuple(self.sources))
+    if self.kind not in KINDS:
+      raise ValueError(f"Translation kind must be one of {KINDS}, got {self.kind!r}.")
+
+  @property
+  def name(self) -> str:
+    """E.g. "depth->segmentation", "depth->rgb->segmentation", "rgb+depth->segmentation"."""
+    source = "+".join(self.sources)
+    if self.via:
+      return f"{source}->{self.via}->{self.target}"
+    return f"{source}->{self.target}"
+
+  @property
+  def short_name(self) -> str:
+    """Paper notation: "D->S", "D->R->S", "(R,D,N)->S"."""
+    short = [SHORT_NAMES.get(s, s) for s in self.sources]
+    source = short[0] if len(short) == 1 else "(" + ",".join(short) + ")"
+    via = f"->{SHORT_NAMES.get(self.via, self.via)}" if self.via else ""
+    return f"{source}{via}->{SHORT_NAMES.get(self.target, self.target)}"
+
+  def to_dict(self) -> dict:
+    return {"name": self.name, "short_name": self.short_name, "sources": list(self.sources),
+            "target": self.target, "kind": self.kind, "via": self.via}
+
+
+def _kind(model, source, target):
+  if (source, target) in model.seen_translations:
+    return "seen"
+  if any(source in stream and target in stream for stream in model.streams):
+    return "unseen"
+  return "zero_pair"
+
+
+def default_translations(model, targets: Optional[Sequence[str]] = None) -> List[Translation]:
+  """The translations the paper evaluates, derived from the model's modalities and streams.
+
+  For every target (default: every non-adversarial modality, i.e. segmentation, depth,
+  NIR; RGB outputs are judged in the figures): every other single source (seen, zero-pair
+  or unseen), a cascade through the anchor for every zero-pair source, and multimodal
+  fusions: the anchor with each other non-target source, and (when there are more than
+  two) all sources together.
+
+  Example (Freiburg): R->S, D->S, N->S, D->R->S, N->R->S, (R,D)->S, (R,N)->S, (R,D,N)->S,
+  R->D, S->D, N->D, S->R->D, (R,S)->D, (R,N)->D, (R,S,N)->D, ...
+  """
+  names = list(model.modalities)
+  anchor = model.anchor
+  if targets is None:
+    targets = [m for m in names if not model.modalities[m].adversarial]
+    # Segmentation first: the paper's main table.
+    targets.sort(key=lambda m: not model.modalities[m].is_categorical)
+  translations = []
+  for target in targets:
+    sources = [m for m in names if m != target]
+    single = [Translation((s,), target, _kind(model, s, target)) for s in sources]
+    translations += single
+    for t in single:
+      source = t.sources[0]
+      if (t.kind == "zero_pair" and anchor not in (source, target)
+          and (source, anchor) in model.seen_translations
+          and (anchor, target) in model.seen_translations):
+        translations.append(Translation((source,), target, "cascade", via=anchor))
+    if anchor in sources and len(sources) >= 2:
+      for other in sources:
+        if other != anchor:
+          translations.append(Translation((anchor, other), target, "multimodal"))
+      if len(sources) > 2:
+        translations.append(Translation(tuple([anchor] + [s for s in sources if s != anchor]),
+                                        target, "multimodal"))
+    elif anchor not in sources and len(sources) >= 2:
+      translations.append(Translation(tuple(sources), target, "multimodal"))
+  return translations
+
+
+def model_translate_fn(model) -> Callable:
+  """`translate_fn` of a `MixAndMatchNetworks`: model-space outputs (logits for labels).
+
+  Cascades decode into `via` first; a categorical intermediate is passed on as its softmax.
+  Multimodal translations use `model.translate_multimodal` (its documented weights).
+  """
+
+  def translate(translation: Translation, inputs: Mapping[str, tf.Tensor]):
+    if len(translation.sources) > 1:
+      return model.translate_multimodal({s: inputs[s] for s in translation.sources},
+                                        translation.target)
+    source = translation.sources[0]
+    x = inputs[source]
+    if translation.via:
+      x = model.modalities[translation.via].activate(model.translate(source, translation.via, x))
+      source = translation.via
+    return model.translate(source, translation.target, x)
+
+  return translate
+
+
+def evaluate_model(model_or_translate_fn, test_dataset, modalities: Optional[Mapping] = None,
+                   translations: Optional[Sequence[Translation]] = None,
+                   alignment: bool = True, max_batches: Optional[int] = None,
+                   prediction_examples: int = 0) -> dict:
+  """Evaluates translations over a whole test set.
+
+  Args:
+    model_or_translate_fn: A `MixAndMatchNetworks`, or a function
+      `translate_fn(translation, inputs) -> output` where `inputs` is the test batch
+      `{modality: model-space tensor}` and `output` is the target in model space
+      (logits or probabilities for segmentation).
+    test_dataset: Finite tf.data of `{modality: tensor}` batches (`pipeline.test_dataset`).
+    modalities: `{name: Modality}`; default: the model's. Required with a translate_fn.
+    translations: What to evaluate; default `default_translations(model)`. Required with
+      a translate_fn.
+    alignment: Also compute alignment factors between all encoder pairs (model only).
+    max_batches: Evaluate only this many batches (debugging).
+    prediction_examples: Keep the outputs of the first N test examples (for figures)
+      under the returned dict's "_predictions" key (not JSON-serialisable; popped by
+      `write_results`).
+
+  Returns:
+    {"translations": [{...Translation.to_dict(), "metrics": {...}}], "alignment_factors":
+     {"rgb_depth": af, ...}, "num_test_examples": n}.
+    Segmentation metrics: miou, global_accuracy, per_class_iou, pixels, confusion_matrix.
+    Depth/NIR metrics: delta1..3, rmse, rmse_log, pixels (raw units).
+
+  Example (a baseline):
+    >>> results = evaluate_model(lambda t, x: my_net(x[t.sources[0]]), test_ds,
+    ...                          modalities=model_modalities,
+    ...                          translations=[Translation(("depth",), "segmentation", "seen")])
+  """
+  is_model = hasattr(model_or_translate_fn, "translate_multimodal")
+  if is_model:
+    model = model_or_translate_fn
+    modalities = modalities or model.modalities
+    translations = translations if translations is not None else default_translations(model)
+    translate_fn = model_translate_fn(model)
+  else:
+    model = None
+    translate_fn = model_or_translate_fn
+    if modalities is None or translations is None:
+      raise ValueError("evaluate_model with a translate_fn needs modalities and translations.")
+  accumulators = {}
+  for t in translations:
+    target = modalities[t.target]
+    if target.is_categorical:
+      accumulators[t.name] = mm_metrics.SegmentationMetric(
+          target.num_classes, target.void_label, target.class_names)
+    else:
+      accumulators[t.name] = mm_metrics.DepthMetric()
+  alignment_means = {}
+  kept = {"inputs": {}, "outputs": {}}
+  count = 0
+  for batch_index, batch in enumerate(test_dataset):
+    if max_batches is not None and batch_index >= max_batches:
+      break
+    inputs = {k: v for k, v in batch.items() if k in modalities}
+    batch_size = int(next(iter(inputs.values())).shape[0])
+    keep = max(0, min(prediction_examples - count, batch_size))
+    if keep:
+      for name, x in inputs.items():
+        kept["inputs"].setdefault(name, []).append(np.asarray(x[:keep]))
+    for t in translations:
+      if not all(s in inputs for s in t.sources) or t.target not in inputs:
+        raise ValueError(f"The test batch lacks a modality of {t.name}; it has "
+                         f"{sorted(inputs)}.")
+      output = translate_fn(t, inputs)
+      target = modalities[t.target]
+      if target.is_categorical:
+        prediction = target.to_labels(output).numpy()
+        accumulators[t.name].update(np.asarray(inputs[t.target]), prediction)
+      else:
+        prediction = target.denormalize(output).numpy()
+        truth = inputs[t.target]
+        valid = target.valid_mask(truth).numpy()
+        accumulators[t.name].update(target.denormalize(truth).numpy(), prediction, valid)
+      if keep:
+        kept["outputs"].setdefault(t.name, []).append(np.asarray(prediction[:keep]))
+    if is_model and alignment:
+      for pair, value in model.alignment_factors(inputs).items():
+        alignment_means.setdefault(pair, mm_metrics.MeanMetric()).update(value, batch_size)
+    count += batch_size
+  if count == 0:
+    raise ValueError("The test dataset is empty.")
+  results = {
+      "num_test_examples": count,
+      "translations": [dict(t.to_dict(), metrics=accumulators[t.name].result())
+                       for t in translations],
+      "alignment_factors": {k: v.result() for k, v in alignment_means.items()},
+  }
+  if prediction_examples:
+    results["_predictions"] = {
+        "inputs": {k: np.concatenate(v) for k, v in kept["inputs"].items()},
+        "outputs": {k: np.concatenate(v) for k, v in kept["outputs"].items()}}
+  return results
+
+
+def find(results: dict, short_name: str) -> Optional[dict]:
+  """The entry of translation `short_name` ("D->S") or `name` in `results`, or None."""
+  for entry in results.get("translations", []):
+    if short_name in (entry["short_name"], entry["name"]):
+      return entry
+  return None
+
+
+def summary(results: dict) -> Dict[str, float]:
+  """Headline numbers: mIoU of every translation into segmentation, delta1 into others,
+  and alignment factors (flat dict, for logs and per-stage comparisons)."""
+  flat = {}
+  for entry in results.get("translations", []):
+    m = entry["metrics"]
+    if "miou" in m:
+      flat[f"{entry['short_name']} mIoU"] = m["miou"]
+    else:
+      flat[f"{entry['short_name']} delta1"] = m["delta1"]
+  for pair, value in results.get("alignment_factors", {}).items():
+    flat[f"AF({pair})"] = value
+  return flat
+
+
+def write_json(results: dict, path: str):
+  """Writes results (minus in-memory predictions) as JSON, atomically."""
+  clean = {k: v for k, v in results.items() if not k.startswith("_")}
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(clean, f, indent=2, sort_keys=True, default=_json_default)
+  os.replace(tmp, path)
+
+
+def _json_default(value):
+  if isinstance(value, (np.floating, np.integer)):
+    return value.item()
+  raise TypeError(f"Not JSON-serialisable: {type(value)}")
+
+
+def combinations_of(names: Sequence[str]):
+  """All unordered pairs (for alignment-factor tables)."""
+  return list(itertools.combinations(names, 2))
+
+
+# ------------------------------------------------------------------ tables
+# Freiburg Forest, thesis Table 4.8 (NOTES.md section 2): (mIoU, global) in percent.
+PUBLISHED_FREIBURG = {
+    "D->R->S": (30.0, 33.5), "N->R->S": (35.8, 42.4),
+    "D->S": (71.6, 80.0), "N->S": (72.7, 81.0),
+    "D->S +PP": (73.4, 81.1), "N->S +PP": (75.3, 83.5),
+    "(R,D,N)->S": (81.8, 88.5), "(R,D,N)->S +PP": (83.0, 89.3),
+    "oracle D->S": (76.2, 82.2), "oracle N->S": (78.2, 85.4), "oracle (R,D,N)->S": (84.1, 89.4),
+}
+PUBLISHED_FREIBURG_BASELINES = {
+    "CycleGAN D->S": (23.4, 26.2), "CycleGAN N->S": (23.9, 28.5),
+    "2xpix2pix D->S": (49.9, 59.9), "2xpix2pix N->S": (53.6, 66.8),
+}
+KIND_ORDER = {"seen": 0, "zero_pair": 1, "unseen": 2, "cascade": 3, "multimodal": 4,
+              "oracle": 5}
+
+
+def _pct(value):
+  return "-" if value is None or (isinstance(value, float) and np.isnan(value)) \
+      else f"{100 * value:.1f}"
+
+
+def _num(value, digits=3):
+  return "-" if value is None or (isinstance(value, float) and np.isnan(value)) \
+      else f"{value:.{digits}f}"
+
+
+def _published(dataset, short_name, kind, stage):
+  if dataset not in ("freiburg_forest",):
+    return None
+  key = short_name
+  if kind == "oracle":
+    key = f"oracle {short_name}"
+  elif stage == 3 and f"{short_name} +PP" in PUBLISHED_FREIBURG:
+    key = f"{short_name} +PP"
+  return PUBLISHED_FREIBURG.get(key)
+
+
+def results_markdown(results: dict, dataset: str = "", per_stage: Optional[Mapping] = None,
+                     oracle: Optional[dict] = None, stage: Optional[int] = None) -> str:
+  """A paper-style markdown report of `evaluate_model` results.
+
+  Args:
+    results: Final results.
+    dataset: Dataset name; "freiburg_forest" adds the published numbers as a side column.
+    per_stage: `{stage: results}` after each stage (adds a stage-by-stage mIoU table).
+    oracle: Results of an oracle model (`--oracle` run), shown as "oracle" rows.
+    stage: Stage the final results were taken after (3 = "+PP").
+  """
+  lines = [f"# Evaluation{' on ' + dataset if dataset else ''}", "",
+           f"{results.get('num_test_examples', '?')} test examples. Percent; "
+           "mIoU over classes present in ground truth or prediction; void pixels ignored.", ""]
+  seg = [e for e in results["translations"] if "miou" in e["metrics"]]
+  oracle_seg = [dict(e, kind="oracle") for e in (oracle or {}).get("translations", [])
+                if "miou" in e["metrics"]]
+  rows = sorted(seg, key=lambda e: KIND_ORDER[e["kind"]]) + oracle_seg
+  if rows:
+    class_names = list(rows[0]["metrics"]["per_class_iou"])
+    publish = dataset == "freiburg_forest"
+    header = ["kind", "translation"] + class_names + ["mIoU", "global"]
+    if publish:
+      header += ["published mIoU / global"]
+    lines += ["## Into segmentation", "", "| " + " | ".join(header) + " |",
+              "|" + "---|" * len(header)]
+    for e in rows:
+      m = e["metrics"]
+      cells = [e["kind"], e["short_name"]]
+      cells += [_pct(m["per_class_iou"][c]) for c in class_names]
+      cells += [_pct(m["miou"]), _pct(m["global_accuracy"])]
+      if publish:
+        published = _published(dataset, e["short_name"], e["kind"], stage)
+        cells.append(f"{published[0]} / {published[1]}" if published else "-")
+      lines.append("| " + " | ".join(cells) + " |")
+    if dataset == "freiburg_forest":
+      lines += ["", "Published baselines (thesis Table 4.8): " + "; ".join(
+          f"{k} {v[0]} / {v[1]}" for k, v in PUBLISHED_FREIBURG_BASELINES.items()) + "."]
+    lines.append("")
+  others = [e for e in results["translations"] if "miou" not in e["metrics"]]
+  for target in dict.fromkeys(e["target"] for e in others):
+    unit = " (metres)" if target == "depth" else " (raw units)"
+    lines += [f"## Into {target}", "",
+              f"| kind | translation | delta<1.25 | delta<1.25^2 | delta<1.25^3 | RMSE{unit} "
+              "| RMSE log |", "|---|---|---|---|---|---|---|"]
+    for e in sorted([e for e in others if e["target"] == target],
+                    key=lambda e: KIND_ORDER[e["kind"]]):
+      m = e["metrics"]
+      lines.append(f"| {e['kind']} | {e['short_name']} | {_pct(m['delta1'])} | "
+                   f"{_pct(m['delta2'])} | {_pct(m['delta3'])} | {_num(m['rmse'])} | "
+                   f"{_num(m['rmse_log'])} |")
+    lines.append("")
+  if results.get("alignment_factors"):
+    lines += ["## Alignment factors (mean cosine of encoder outputs, paper Eq. 16)", "",
+              "| pair | AF |", "|---|---|"]
+    lines += [f"| {pair} | {_num(v)} |" for pair, v in results["alignment_factors"].items()]
+    lines.append("")
+  if per_stage:
+    stages_sorted = sorted(per_stage, key=int)
+    keys = list(dict.fromkeys(k for s in stages_sorted for k in summary(per_stage[s])))
+    lines += ["## After each stage", "",
+              "Stage 1: translations; 2: + autoencoders, latent consistency, noise (RGB "
+              "encoder frozen); 3: + pseudo-pairs (+PP).", "",
+              "| metric | " + " | ".join(f"stage {s}" for s in stages_sorted) + " |",
+              "|---|" + "---|" * len(stages_sorted)]
+    for key in keys:
+      values = [summary(per_stage[s]).get(key) for s in stages_sorted]
+      fmt = _num if key.startswith("AF(") else _pct
+      lines.append(f"| {key} | " + " | ".join(fmt(v) for v in values) + " |")
+    lines.append("")
+  return "\n".join(lines)
