@@ -272,10 +272,13 @@ class Runner:
     data: A `Data` (default: the config's dataset).
     baseline_steps: Steps of each baseline (default: stage 1 + stage 2 steps).
     baseline_residual_blocks: Residual blocks of CycleGAN/StarGAN/UNIT generators.
+    suite: Name written into the comparison.
+    run_eagerly: Compile train steps eagerly (tests: a few tiny steps run faster than
+      tracing them).
   """
 
   def __init__(self, config, output_dir, data=None, baseline_steps=-1,
-               baseline_residual_blocks=3, suite="paper"):
+               baseline_residual_blocks=3, suite="paper", run_eagerly=False):
     self.config = config
     self.output_dir = output_dir
     self.data = data or Data(config)
@@ -283,6 +286,7 @@ class Runner:
                            else config.steps[0] + config.steps[1])
     self.baseline_residual_blocks = baseline_residual_blocks
     self.suite = suite
+    self.run_eagerly = run_eagerly
     self._models = {}
 
   # ---------------------------------------------------------------- files
@@ -342,7 +346,7 @@ class Runner:
                                               self.config.seed)
       keras.utils.set_random_seed(self.config.seed + stage)
       model.set_stage(stage)
-      model.compile()
+      model.compile(run_eagerly=self.run_eagerly)
       self._fit(model, dataset, model.stage_specs[stage].steps,
                 f"M&MNets {variant_name} stage {stage}")
       os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -386,7 +390,7 @@ class Runner:
     else:
       keras.utils.set_random_seed(self.config.seed)
       model.set_stage(1)
-      model.compile()
+      model.compile(run_eagerly=self.run_eagerly)
       self._fit(model, self.data.train(seed_offset=0, oracle=True), model.stage_specs[1].steps,
                 "oracle")
       os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -428,7 +432,7 @@ class Runner:
       model.load_weights(path)
     else:
       keras.utils.set_random_seed(self.config.seed)
-      model.compile(self.config.learning_rate[0])
+      model.compile(self.config.learning_rate[0], run_eagerly=self.run_eagerly)
       self._fit(model, self.data.train(seed_offset=0), self.baseline_steps, method)
       os.makedirs(os.path.dirname(path), exist_ok=True)
       model.save_weights(path)

@@ -1,0 +1,104 @@
+"""The experiment runner: a smoke suite trains, scores and writes the comparison; re-running
+resumes (finished rows are not redone, cached stage weights are not retrained)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mm_tf import config as mm_config
+from mm_tf import experiments
+from tests import test_baselines as tb
+
+
+class TinyData:
+  """In-memory stand-in for `experiments.Data` (same structure as the real pipeline)."""
+
+  modalities = tb.MODALITIES
+  streams = tb.STREAMS
+
+  def train(self, seed_offset=0, oracle=False):
+    if oracle:
+      scenes = tb.tiny_scenes(4, seed=7)
+      return tf.data.Dataset.from_tensors(
+          {"depth+segmentation": {m: scenes[m] for m in ("depth", "segmentation")}}).repeat()
+    return tb.repeated_batches(seed=seed_offset)
+
+  def test(self):
+    scenes = tb.tiny_scenes(6, seed=99)
+    return tf.data.Dataset.from_tensor_slices(
+        {m: scenes[m] for m in ("rgb", "depth", "segmentation")}).batch(4)
+
+  def few_pair_candidates(self):
+    scenes = tb.tiny_scenes(8, seed=3)
+    return {m: scenes[m] for m in ("depth", "segmentation")}
+
+
+CONFIG = mm_config.ExperimentConfig(image_size=32, width=1 / 16, batch_size=4, steps=(1, 1, 1))
+ROWS = ("pix2pix", "cascade_switches", "mmnets", "oracle", "few_pairs_1_kmedoids")
+
+
+def smoke_rows():
+  rows = [r for r in experiments.suite_rows("smoke") if r.name in ROWS]
+  assert len(rows) == len(ROWS)
+  return rows
+
+
+def runner(output_dir):
+  return experiments.Runner(CONFIG, str(output_dir), data=TinyData(), baseline_steps=1,
+                            suite="smoke", run_eagerly=True)
+
+
+def test_smoke_suite_writes_comparison_and_resumes(tmp_path, monkeypatch):
+  rows = smoke_rows()
+  comparison = runner(tmp_path).run(rows)
+  assert [r["row"]["name"] for r in comparison["rows"]] == [r.name for r in rows]
+  for result in comparison["rows"]:
+    columns = result["columns"]
+    assert set(columns) >= {"D->S", "S->D"}
+    assert 0.0 <= columns["D->S"]["miou"] <= 1.0
+    assert len(columns["D->S"]["per_class_iou"]) == tb.CLASSES
+    assert np.isfinite(columns["S->D"]["rmse"])
+  on_disk = json.loads((tmp_path / "comparison.json").read_text())
+  assert [r["row"]["name"] for r in on_disk["rows"]] == list(ROWS)
+  markdown = (tmp_path / "comparison.md").read_text()
+  assert "| M&MNets |" in markdown and "| 2xpix2pix (D->R->S) |" in markdown
+  assert "orderings" in markdown
+  # The mmnets row reports the multimodal column, the cascade row does not.
+  by_name = {r["row"]["name"]: r for r in comparison["rows"]}
+  assert "(R,D)->S" in by_name["mmnets"]["columns"]
+  assert "(R,D)->S" not in by_name["cascade_switches"]["columns"]
+  assert (tmp_path / "models" / "few_pairs_1_kmedoids" / "selected.json").exists()
+
+  # Resume: nothing may train again. Finished rows are read back; a row whose result
+  # was lost is re-scored from the cached stage weights.
+  def no_training(*args, **kwargs):
+    raise AssertionError("a finished row or cached stage was trained again")
+
+  monkeypatch.setattr(experiments.Runner, "_fit", no_training)
+  os.remove(tmp_path / "rows" / "mmnets" / experiments.RESULT_FILE)
+  again = runner(tmp_path).run(rows)
+  assert [r["row"]["name"] for r in again["rows"]] == list(ROWS)
+  for first, second in zip(comparison["rows"], again["rows"]):
+    assert first["columns"]["D->S"]["miou"] == pytest.approx(second["columns"]["D->S"]["miou"])
+
+
+def test_suites_and_orderings():
+  paper = experiments.suite_rows("paper")
+  names = [r.name for r in paper]
+  assert len(names) == len(set(names))
+  for required in ("pix2pix", "cyclegan", "stargan_unpaired", "stargan_paired", "unit",
+                   "cascade_switches", "cascade_skip", "oracle", "mmnets", "mmnets_pp",
+                   "side_none", "side_skip", "ladder_translations", "rgb_decoder_switches",
+                   "few_pairs_20_kmedoids", "few_pairs_20_random"):
+    assert required in names
+  fake = [{"row": {"name": n, "group": g, "few_pairs": 0}, "columns": {"D->S": {"miou": v}}}
+          for n, g, v in [("side_switches", "side_information", 0.5),
+                          ("side_none", "side_information", 0.3),
+                          ("side_skip", "side_information", 0.4)]]
+  claims = {c["claim"]: c["holds"] for c in experiments.check_orderings(fake)}
+  assert claims["switches > none"] and not claims["none > skip"]
+  with pytest.raises(ValueError, match="Unknown suite"):
+    experiments.suite_rows("everything")
