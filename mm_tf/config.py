@@ -68,6 +68,7 @@ class ExperimentConfig:
   model_dir: str = "runs/synthetic_forest"
   seed: int = 0
   precision: str = "float32"
+  run_eagerly: bool = False
   distribution_strategy: str = "default"
   checkpoint_every_steps: int = 100
   log_every_steps: int = 25
@@ -260,6 +261,9 @@ def define_flags():
   flags.DEFINE_enum("precision", d.precision, list(PRECISIONS), "Keras mixed-precision policy. "
                     "mixed_bfloat16 is faster on CPUs with AMX/AVX512-bf16 and on TPUs; "
                     "mixed_float16 on GPUs.")
+  flags.DEFINE_bool("run_eagerly", d.run_eagerly, "Run train steps eagerly instead of as a "
+                    "tf.function: no graph tracing (tens of seconds per stage on 2 CPU cores), "
+                    "slower steps. For tiny runs and debugging.")
   flags.DEFINE_enum("distribution_strategy", d.distribution_strategy, list(STRATEGIES),
                     "tf.distribute strategy: default (one device), mirrored (all local GPUs), "
                     "multi_worker (TF_CONFIG cluster). batch_size is per replica.")

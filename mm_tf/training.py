@@ -262,13 +262,17 @@ class ProgressCallback(keras.callbacks.Callback):
 class TensorBoardCallback(keras.callbacks.Callback):
   """Every loss term, alignment factors per encoder pair and translation image grids.
 
+  Loss terms every `log_every` steps; alignment factors (on a fixed test batch) and image
+  grids of seen and unseen translations every `image_every` steps and at the stage's end.
+
   Scalars are the means since the last write (the model's metrics are reset after each
   write), at a global step that counts across stages.
   """
 
   def __init__(self, writer, step_offset, initial_step, log_every, image_every, probe_batch,
-               stage):
+               stage, final_step):
     super().__init__()
+    self.final_step = final_step
     self.writer = writer
     self.step_offset = step_offset
     self.initial_step = initial_step
@@ -285,11 +289,12 @@ class TensorBoardCallback(keras.callbacks.Callback):
         for name, value in logs.items():
           write_scalar(f"loss/{name}", value, global_step)
         write_scalar("stage", self.stage, global_step)
-        if self.probe_batch is not None:
-          for pair, value in self.model.alignment_factors(self.probe_batch).items():
-            write_scalar(f"alignment_factor/{pair}", value, global_step)
       self.model.reset_metrics()
-    if step % self.image_every == 0 and self.probe_batch is not None:
+    if (step % self.image_every == 0 or step == self.final_step) and self.probe_batch is not None:
+      # Eager encoder passes: a few seconds on 2 CPU cores, hence their own interval.
+      with self.writer.as_default(step=global_step):
+        for pair, value in self.model.alignment_factors(self.probe_batch).items():
+          write_scalar(f"alignment_factor/{pair}", value, global_step)
       self.write_images(global_step)
 
   def write_images(self, global_step):
@@ -359,7 +364,7 @@ def train_stage(model, config, stage, strategy, writer, probe_batch, restore: bo
   directory = stage_dir(config.model_dir, stage)
   with strategy.scope():
     model.set_stage(stage)
-    model.compile()
+    model.compile(run_eagerly=config.run_eagerly)
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="stage_step")
     checkpoint = _make_checkpoint(model, step)
   manager = tf.train.CheckpointManager(checkpoint, os.path.join(directory, "checkpoints"),
@@ -382,7 +387,7 @@ def train_stage(model, config, stage, strategy, writer, probe_batch, restore: bo
       ProgressCallback(stage, spec.steps, initial_step,
                        shown=["loss"] + model.active_term_names(spec)[:4]),
       TensorBoardCallback(writer, step_offset, initial_step, config.log_every_steps,
-                          config.image_summary_every_steps, probe_batch, stage),
+                          config.image_summary_every_steps, probe_batch, stage, spec.steps),
       checkpointer,
   ]
   start = time.time()

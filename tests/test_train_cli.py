@@ -1,0 +1,127 @@
+"""End-to-end training CLI: three stages, SIGKILL during stage 2, resume, results.
+
+Also: an incompatible flag is refused (CLI and library), a compatible one is accepted.
+The run is tiny (32x32 synthetic forest, width 1/16, a few steps) and runs eagerly, so it
+spends its time in steps rather than in graph tracing.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import tensorflow as tf
+
+from mm_tf import config as mm_config
+from mm_tf import training
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tiny_flags(model_dir, data_dir):
+  return [f"--model_dir={model_dir}", f"--data_dir={data_dir}", "--dataset=synthetic_forest",
+          "--synthetic_num_train=12", "--synthetic_num_test=6", "--image_size=32",
+          "--width=0.0625", "--batch_size=2", "--steps=3,8,3", "--checkpoint_every_steps=2",
+          "--log_every_steps=2", "--image_summary_every_steps=3", "--eval_batch_size=6",
+          "--num_figure_examples=2", "--noexport", "--run_eagerly"]
+
+
+class TrainCliTest(tf.test.TestCase):
+
+  def _command(self, flags):
+    return [sys.executable, "-m", "mm_tf.train"] + flags
+
+  def test_kill_during_stage_2_then_resume(self):
+    root = tempfile.mkdtemp(dir=self.get_temp_dir())
+    model_dir, data_dir = os.path.join(root, "run"), os.path.join(root, "data")
+    flags = _tiny_flags(model_dir, data_dir)
+    log_path = os.path.join(root, "first.log")
+    stage2_checkpoint = os.path.join(model_dir, "stage_2", "checkpoints", "checkpoint")
+    with open(log_path, "w") as log:
+      process = subprocess.Popen(self._command(flags), cwd=REPO, stdout=log,
+                                 stderr=subprocess.STDOUT)
+      deadline = time.time() + 240
+      while not os.path.exists(stage2_checkpoint) and process.poll() is None:
+        self.assertLess(time.time(), deadline, "stage 2 never wrote a checkpoint")
+        time.sleep(0.2)
+      self.assertIsNone(process.poll(), "the run ended before it could be killed: "
+                        + open(log_path).read()[-3000:])
+      process.send_signal(signal.SIGKILL)
+      process.wait()
+    self.assertFalse(os.path.exists(os.path.join(model_dir, "stage_2", "stage_done.json")))
+
+    resumed = subprocess.run(self._command(flags), cwd=REPO, capture_output=True, text=True,
+                             timeout=300)
+    output = resumed.stdout + resumed.stderr
+    self.assertEqual(resumed.returncode, 0, output[-4000:])
+    self.assertIn("Stage 1: finished earlier; skipped.", output)
+    self.assertRegex(output, r"Stage 2: resumed from .*ckpt-\d+ at step [2-7]\.")
+    for stage in (1, 2, 3):
+      with open(os.path.join(model_dir, f"stage_{stage}", "stage_done.json")) as f:
+        self.assertEqual(json.load(f)["stage"], stage)
+      self.assertTrue(os.path.exists(os.path.join(model_dir, "eval", f"stage_{stage}",
+                                                  "results.json")))
+    with open(os.path.join(model_dir, "eval", "results.json")) as f:
+      results = json.load(f)
+    names = {t["short_name"]: t for t in results["translations"]}
+    for name in ("R->S", "D->S", "N->S", "D->R->S", "(R,D,N)->S", "S->D", "S->R->D"):
+      self.assertIn(name, names)
+    self.assertBetween(names["D->S"]["metrics"]["miou"], 0.0, 1.0)
+    self.assertEqual(sorted(results["per_stage"]), ["1", "2", "3"])
+    self.assertIn("rgb_depth", results["alignment_factors"])
+    self.assertTrue(os.path.exists(os.path.join(model_dir, "eval", "results.md")))
+    self.assertTrue(os.path.exists(os.path.join(model_dir, "eval", "figures",
+                                                "into_segmentation.png")))
+    self.assertTrue(os.path.exists(os.path.join(model_dir, "model", "model_config.json")))
+    self.assertTrue(os.listdir(os.path.join(model_dir, "tensorboard")))
+
+    # Changing an incompatible flag is refused with the flag's name.
+    refused = subprocess.run(self._command(flags + ["--width=0.125"]), cwd=REPO,
+                             capture_output=True, text=True, timeout=120)
+    self.assertNotEqual(refused.returncode, 0)
+    self.assertIn("--width", refused.stdout + refused.stderr)
+
+
+class CompatibilityTest(tf.test.TestCase):
+
+  def test_incompatible_flag_is_refused_and_compatible_accepted(self):
+    model_dir = tempfile.mkdtemp(dir=self.get_temp_dir())
+    config = mm_config.ExperimentConfig(model_dir=model_dir, image_size=64, width=0.125)
+    training.write_run_files(config, "--width=0.125\n")
+    training.write_run_files(config.replace(steps=(10, 20, 30)))  # More steps: fine.
+    with self.assertRaisesRegex(ValueError, "--image_size: saved 64, now 128"):
+      training.write_run_files(config.replace(image_size=128))
+    with self.assertRaisesRegex(ValueError, "--dataset"):
+      training.write_run_files(config.replace(dataset="sun_rgbd"))
+
+  def test_bad_values_name_the_flag(self):
+    with self.assertRaisesRegex(ValueError, "--image_size must be a multiple of 32"):
+      mm_config.ExperimentConfig(image_size=50)
+    with self.assertRaisesRegex(ValueError, "--steps needs one value per stage"):
+      mm_config.ExperimentConfig(steps=(1, 2))
+
+  def test_stages_from_flags(self):
+    config = mm_config.ExperimentConfig(steps=(5, 6, 7), lambda_latent=(1.0, 100.0, 100.0))
+    stages = config.stages()
+    self.assertEqual([stages[n].steps for n in (1, 2, 3)], [5, 6, 7])
+    self.assertFalse(stages[1].latent_consistency)
+    self.assertEqual(stages[2].latent_weight, 100.0)
+    self.assertEqual(stages[2].frozen, ("rgb_encoder",))
+    self.assertTrue(stages[3].pseudo_pairs)
+    oracle = config.replace(oracle=True, oracle_steps=9).stages()
+    self.assertEqual(list(oracle), [1])
+    self.assertEqual(oracle[1].steps, 9)
+
+  def test_missing_vgg_file_is_a_clear_error(self):
+    config = mm_config.ExperimentConfig(width=0.0625, image_size=32,
+                                        rgb_encoder_vgg16_h5="/nonexistent/vgg16.h5")
+    model = training.build_model(config)
+    with self.assertRaisesRegex(ValueError, "Cannot read VGG16 weights"):
+      training.load_vgg16_into_rgb_encoder(model, config.rgb_encoder_vgg16_h5)
+
+
+if __name__ == "__main__":
+  tf.test.main()
