@@ -496,19 +496,30 @@ class Runner:
     return result
 
   def run(self, rows: Sequence[Row]) -> dict:
+    """Runs (or reads back) every row; the comparison is rewritten after each row, so an
+    interrupted run still leaves the table of what finished."""
     os.makedirs(self.output_dir, exist_ok=True)
-    results = [self.run_row(row) for row in rows]
+    results = []
+    comparison = None
+    for row in rows:
+      results.append(self.run_row(row))
+      comparison = self.write_comparison(results)
+    return comparison
+
+  def write_comparison(self, results: Sequence[dict]) -> dict:
     comparison = {
         "suite": self.suite,
         "dataset": self.config.dataset,
         "config": self.config.to_dict(),
         "baseline_steps": self.baseline_steps,
-        "rows": results,
+        "rows": list(results),
         "orderings": check_orderings(results),
     }
     evaluation.write_json(comparison, os.path.join(self.output_dir, "comparison.json"))
-    with open(os.path.join(self.output_dir, "comparison.md"), "w") as f:
+    tmp = os.path.join(self.output_dir, "comparison.md.tmp")
+    with open(tmp, "w") as f:
       f.write(comparison_markdown(comparison))
+    os.replace(tmp, os.path.join(self.output_dir, "comparison.md"))
     return comparison
 
 
