@@ -371,9 +371,14 @@ class Runner:
 
   # ---------------------------------------------------------------- others
   def oracle_model(self):
+    """The oracle: M&MNets' architecture trained on the (x, segmentation) pairs directly.
+
+    Built like `mm_tf.training.build_model` with `--oracle` (segmentation as the anchor,
+    no RGB, one stage of `--oracle_steps`), from the runner's `Data` so tests can use
+    in-memory data.
+    """
     if "oracle" in self._models:
       return self._models["oracle"]
-    from mm_tf import training  # pylint: disable=g-import-not-at-top
     config = self.config.replace(oracle=True)
     modalities = [m for m in self.data.modalities if m.name != "rgb"]
     streams = [("segmentation",) + tuple(s for s in stream if s != "segmentation")
@@ -383,7 +388,6 @@ class Runner:
         side_information=config.side_information, noise_std=config.noise_std,
         stages=config.stages(), image_size=config.image_size,
         unpool_implementation=config.unpool_implementation)
-    del training
     path = self.weights_path("oracle", 1)
     if os.path.exists(path):
       model.load_weights(path)
