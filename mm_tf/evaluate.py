@@ -36,13 +36,17 @@ def _load_stage_results(model_dir):
     npz = os.path.join(eval_dir, name, "predictions.npz")
     if os.path.exists(npz):
       with np.load(npz) as data:
-        predictions[stage] = {k.split("/", 1)[1]: data[k] for k in data.files}
+        predictions[stage] = {
+            "inputs": {k.split("/", 1)[1]: data[k] for k in data.files if k.startswith("input/")},
+            "outputs": {k.split("/", 1)[1]: data[k] for k in data.files
+                        if k.startswith("output/")}}
   return per_stage, predictions
 
 
 def evaluate_model_dir(model_dir: str, oracle_model_dir: Optional[str] = None, model=None,
                        data_dir: Optional[str] = None, batch_size: Optional[int] = None,
-                       num_figure_examples: Optional[int] = None) -> str:
+                       num_figure_examples: Optional[int] = None,
+                       reuse_stage_results: bool = False) -> str:
   """Evaluates `model_dir` (and optionally an oracle) and writes `model_dir/eval/`.
 
   Args:
@@ -52,12 +56,14 @@ def evaluate_model_dir(model_dir: str, oracle_model_dir: Optional[str] = None, m
     data_dir: Override of the data_dir stored in config.json.
     batch_size: Override of the evaluation batch size.
     num_figure_examples: Override of the number of examples in figures.
+    reuse_stage_results: Take the final model's results from `eval/stage_<last>/` when
+      they are there (training evaluated the same weights at the end of the last stage).
 
   Returns:
     The eval directory.
   """
   import mm_tf  # pylint: disable=g-import-not-at-top
-  from mm_tf import figures, training  # pylint: disable=g-import-not-at-top
+  from mm_tf import training  # pylint: disable=g-import-not-at-top
   config_path = os.path.join(model_dir, training.CONFIG_FILE)
   if not os.path.exists(config_path):
     raise FileNotFoundError(f"{config_path} not found: {model_dir!r} is not a training "
@@ -73,9 +79,16 @@ def evaluate_model_dir(model_dir: str, oracle_model_dir: Optional[str] = None, m
   config = config.replace(**overrides)
   model = model or mm_tf.load(model_dir)
   examples = config.num_figure_examples
-  results = evaluation.evaluate_model(model, training.test_dataset(config),
-                                      prediction_examples=examples)
-  predictions = results.pop("_predictions")
+  per_stage, stage_predictions = _load_stage_results(model_dir)
+  final_stage = max(config.stage_numbers())
+  if (reuse_stage_results and final_stage in per_stage
+      and stage_predictions.get(final_stage, {}).get("inputs")):
+    results = {k: v for k, v in per_stage[final_stage].items() if k != "stage"}
+    predictions = stage_predictions[final_stage]
+  else:
+    results = evaluation.evaluate_model(model, training.test_dataset(config),
+                                        prediction_examples=examples)
+    predictions = results.pop("_predictions")
   oracle_results, oracle_predictions = None, None
   if oracle_model_dir:
     oracle = mm_tf.load(oracle_model_dir)
@@ -89,8 +102,6 @@ def evaluate_model_dir(model_dir: str, oracle_model_dir: Optional[str] = None, m
     oracle_predictions = oracle_results.pop("_predictions")["outputs"]
     for entry in oracle_results["translations"]:
       entry["kind"] = "oracle"
-  per_stage, stage_predictions = _load_stage_results(model_dir)
-  final_stage = max(config.stage_numbers())
   eval_dir = os.path.join(model_dir, EVAL_SUBDIR)
   full = dict(results, dataset=config.dataset, model_dir=os.path.abspath(model_dir),
               stage=final_stage,
@@ -114,7 +125,7 @@ def write_figures(model, predictions, stage_predictions, oracle_predictions, dir
   modalities = model.modalities
   written = []
   anchor = model.anchor
-  before_pp = stage_predictions.get(2, {})
+  before_pp = stage_predictions.get(2, {}).get("outputs", {})
   for target in [m for m in modalities if not modalities[m].adversarial]:
     sources = [m for m in modalities if m != target and m != anchor]
     columns = []

@@ -250,7 +250,8 @@ class ProgressCallback(keras.callbacks.Callback):
     self.initial_step = initial_step
     self.shown = shown
     print(f"Stage {stage}: steps {initial_step} -> {total_steps}", flush=True)
-    self.bar = keras.utils.Progbar(total_steps, stateful_metrics=None, unit_name="step")
+    # The values are already running means (the TensorBoard callback resets them).
+    self.bar = keras.utils.Progbar(total_steps, stateful_metrics=list(shown), unit_name="step")
     self.bar.update(initial_step)
 
   def on_train_batch_end(self, batch, logs=None):
@@ -358,6 +359,13 @@ def _make_checkpoint(model, step):
                              discriminator_optimizer=model.discriminator_optimizer, step=step)
 
 
+def _console_terms(model, spec):
+  """A few loss terms for the progress bar: total, two translations, latent, pseudo-pair."""
+  terms = model.active_term_names(spec)
+  special = [t for t in terms if t.startswith(("latent_", "pseudo_"))]
+  return ["loss"] + terms[:2] + special[:1] + [t for t in special if t.startswith("pseudo_")][:1]
+
+
 def train_stage(model, config, stage, strategy, writer, probe_batch, restore: bool) -> bool:
   """Trains one stage to its step count; returns True if steps were run."""
   spec = model.stage_specs[stage]
@@ -384,8 +392,7 @@ def train_stage(model, config, stage, strategy, writer, probe_batch, restore: bo
   data = train_dataset(config, seed_offset=1000 * stage + initial_step)
   checkpointer = CheckpointCallback(manager, step, initial_step, config.checkpoint_every_steps)
   callbacks = [
-      ProgressCallback(stage, spec.steps, initial_step,
-                       shown=["loss"] + model.active_term_names(spec)[:4]),
+      ProgressCallback(stage, spec.steps, initial_step, shown=_console_terms(model, spec)),
       TensorBoardCallback(writer, step_offset, initial_step, config.log_every_steps,
                           config.image_summary_every_steps, probe_batch, stage, spec.steps),
       checkpointer,
@@ -413,8 +420,9 @@ def _after_stage(model, config, stage, evaluate: bool, timings: Dict[str, float]
                                         prediction_examples=config.num_figure_examples)
     predictions = results.pop("_predictions")
     os.makedirs(eval_dir, exist_ok=True)
-    np.savez_compressed(os.path.join(eval_dir, "predictions.npz"),
-                        **{f"output/{k}": v for k, v in predictions["outputs"].items()})
+    arrays = {f"output/{k}": v for k, v in predictions["outputs"].items()}
+    arrays.update({f"input/{k}": v for k, v in predictions["inputs"].items()})
+    np.savez_compressed(os.path.join(eval_dir, "predictions.npz"), **arrays)
     evaluation.write_json(dict(results, stage=stage), os.path.join(eval_dir, "results.json"))
     timings[f"eval_stage_{stage}_s"] = time.time() - start
     headline = evaluation.summary(results)
@@ -475,8 +483,10 @@ def run_training(config: mm_config.ExperimentConfig, flags_text: Optional[str] =
   if config.run_evaluation and not config.oracle:
     from mm_tf import evaluate  # pylint: disable=g-import-not-at-top
     start = time.time()
+    # The last stage's evaluation is the final model's: reused, not recomputed.
     eval_dir = evaluate.evaluate_model_dir(config.model_dir, oracle_model_dir=oracle_dir or None,
-                                           model=model)
+                                           model=model,
+                                           reuse_stage_results=config.evaluate_each_stage)
     timings["final_eval_s"] = time.time() - start
     print(f"Evaluation: {os.path.join(eval_dir, 'results.md')}", flush=True)
   if config.export and not config.oracle:
@@ -500,7 +510,8 @@ def export_model(model_dir):
   if not available:
     print("Export skipped: mm_tf.export is not available in this version.", flush=True)
     return
-  command = [sys.executable, "-m", "mm_tf.export", f"--model_dir={model_dir}"]
+  command = [sys.executable, "-m", "mm_tf.export", f"--model_dir={model_dir}",
+             f"--export_dir={os.path.join(model_dir, 'export')}"]
   result = subprocess.run(command, check=False)
   if result.returncode:
     print(f"Export failed (exit {result.returncode}): {' '.join(command)}", flush=True)
