@@ -122,6 +122,38 @@ class CompatibilityTest(tf.test.TestCase):
     with self.assertRaisesRegex(ValueError, "Cannot read VGG16 weights"):
       training.load_vgg16_into_rgb_encoder(model, config.rgb_encoder_vgg16_h5)
 
+  def test_vgg16_h5_maps_onto_the_rgb_encoder(self):
+    import h5py  # pylint: disable=g-import-not-at-top
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    from mm_tf import model as mm_model  # pylint: disable=g-import-not-at-top
+    filters = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
+    names = [f"block{b}_conv{i}" for b, n in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
+             for i in range(1, n + 1)]
+    path = os.path.join(tempfile.mkdtemp(dir=self.get_temp_dir()), "vgg16.h5")
+    rng = np.random.default_rng(0)
+    kernels = []
+    with h5py.File(path, "w") as f:  # The Keras 2 layout of keras.applications files.
+      f.attrs["layer_names"] = [n.encode() for n in ["input_1"] + names + ["block5_pool"]]
+      f.create_group("input_1").attrs["weight_names"] = []
+      f.create_group("block5_pool").attrs["weight_names"] = []
+      channels = 3
+      for name, out in zip(names, filters):
+        group = f.create_group(name)
+        group.attrs["weight_names"] = [f"{name}/kernel:0".encode(), f"{name}/bias:0".encode()]
+        kernel = rng.standard_normal((3, 3, channels, out)).astype(np.float32)
+        group.create_dataset(f"{name}/kernel:0", data=kernel)
+        group.create_dataset(f"{name}/bias:0", data=np.full(out, 0.5, np.float32))
+        kernels.append(kernel)
+        channels = out
+    model = mm_model.MixAndMatchNetworks(["rgb", "segmentation"], [("rgb", "segmentation")],
+                                         width=1.0, image_size=32,
+                                         encoder_batch_norm={"rgb": False})
+    training.load_vgg16_into_rgb_encoder(model, path)
+    blocks = [b for stage in model.encoders["rgb"].stages for b in stage]
+    self.assertAllClose(blocks[0].conv.kernel, kernels[0])
+    self.assertAllClose(blocks[-1].conv.kernel, kernels[-1])
+    self.assertAllClose(blocks[5].conv.bias, np.full(256, 0.5))
+
 
 if __name__ == "__main__":
   tf.test.main()
