@@ -13,6 +13,7 @@ from absl import logging
 from mm_tf import config as mm_config
 
 mm_config.define_flags()
+flags.adopt_module_key_flags(mm_config)  # `--help` lists them, not only `--helpfull`.
 FLAGS = flags.FLAGS
 
 
