@@ -161,7 +161,7 @@ class Modality:
     float probabilities [B, H, W, K]; other modalities replace NaN by 0.
     """
     if self.is_categorical:
-      if x.dtype.is_integer:
+      if x.dtype.is_integer or x.shape.rank == 3:  # Labels [B, H, W] (any dtype).
         return tf.one_hot(tf.cast(x, tf.int32), self.channels, dtype=tf.float32)
       return tf.cast(x, tf.float32)
     x = tf.cast(x, tf.float32)

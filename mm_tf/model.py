@@ -304,6 +304,14 @@ class MixAndMatchNetworks(keras.Model):
     Returns:
       `{"{source}_to_{target}": output}` for every source in `inputs` and every target.
     """
+    if any(isinstance(value, Mapping) for value in inputs.values()):
+      # A training batch {stream: {modality: x}} (Keras traces `call` on one under a
+      # distribution strategy): translate each modality's first occurrence.
+      flat = {}
+      for stream in inputs.values():
+        for modality, x in stream.items():
+          flat.setdefault(modality, x)
+      inputs = flat
     outputs = {}
     for source, x in inputs.items():
       latent, side = self.encode(source, x, training=training)
@@ -361,6 +369,11 @@ class MixAndMatchNetworks(keras.Model):
     self.discriminator_optimizer = discriminator_optimizer or keras.optimizers.Adam(
         learning_rate, beta_1=0.5, name="discriminator_adam")
     super().compile(optimizer=self.generator_optimizer, **kwargs)
+    if self.built:
+      # Creating the slot variables here, not inside the first traced step, spares
+      # tf.function a second trace of the whole train step (minutes on a CPU).
+      self.generator_optimizer.build(self.generator_variables())
+      self.discriminator_optimizer.build(self.discriminator.trainable_variables)
 
   @property
   def metrics(self):

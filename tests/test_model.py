@@ -1,0 +1,304 @@
+"""Tests of MixAndMatchNetworks: routing per stage, learning, configs, precision, distribution."""
+
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+from absl.testing import parameterized
+import keras
+import numpy as np
+import tensorflow as tf
+
+import mm_tf
+from mm_tf import model as mm_model
+from mm_tf import modalities
+from mm_tf import networks
+from mm_tf import saving
+from mm_tf import stages as mm_stages
+
+SIZE = 32
+BATCH = 4
+FOUR = ["rgb", "depth", "nir", "segmentation"]
+FOUR_STREAMS = [("rgb", "segmentation"), ("rgb", "depth", "nir")]
+THREE = ["rgb", "depth", "segmentation"]
+THREE_STREAMS = [("rgb", "segmentation"), ("rgb", "depth")]
+
+
+def make_model(names=FOUR, streams=FOUR_STREAMS, **kwargs):
+  kwargs.setdefault("width", 1 / 16)
+  kwargs.setdefault("image_size", SIZE)
+  return mm_model.MixAndMatchNetworks(names, streams, **kwargs)
+
+
+def structured_batch(names=FOUR, streams=FOUR_STREAMS, seed=0):
+  """A batch whose modalities share one layout: labels from quadrant patterns."""
+  rng = np.random.default_rng(seed)
+  labels = np.zeros((BATCH, SIZE, SIZE), np.int32)
+  for i in range(BATCH):
+    cut_y, cut_x = rng.integers(8, SIZE - 8, size=2)
+    labels[i, :cut_y] = 0
+    labels[i, cut_y:, :cut_x] = 1 + i % 2
+    labels[i, cut_y:, cut_x:] = 3 + i % 2
+  palette = np.array([[0.2, 0.5, 1.0], [0.6, 0.6, 0.6], [0.1, 0.9, 0.1], [0.4, 0.4, 0.2],
+                      [0.0, 0.0, 0.0]], np.float32)
+  rgb = palette[labels] * 2 - 1 + rng.normal(0, 0.05, (BATCH, SIZE, SIZE, 3)).astype(np.float32)
+  depth = (labels[..., None] + 1).astype(np.float32) / 6
+  nir = np.isin(labels, [2, 3])[..., None].astype(np.float32)
+  data = {"rgb": rgb, "depth": depth, "nir": nir, "segmentation": labels}
+  return {"+".join(s): {m: tf.constant(data[m]) for m in s} for s in streams}
+
+
+def train_steps(model, batch, stage, steps, learning_rate=None, run_eagerly=True):
+  """Runs `steps` of fit(). Eager by default: tracing the whole multi-network train step
+  costs far more than the one or two steps most tests need (the learning test traces)."""
+  model.set_stage(stage)
+  if learning_rate:
+    model.compile(generator_optimizer=keras.optimizers.Adam(learning_rate),
+                  discriminator_optimizer=keras.optimizers.Adam(learning_rate),
+                  run_eagerly=run_eagerly)
+  else:
+    model.compile(run_eagerly=run_eagerly)
+  dataset = tf.data.Dataset.from_tensors(batch).repeat()
+  return model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
+
+
+def snapshot(module):
+  return [v.numpy().copy() for v in module.variables]
+
+
+def moved(before, module):
+  return any(not np.array_equal(b, v.numpy()) for b, v in zip(before, module.variables))
+
+
+class RoutingTest(tf.test.TestCase, parameterized.TestCase):
+
+  def test_stage2_freezes_rgb_encoder_and_trains_everything_else(self):
+    model = make_model()
+    batch = structured_batch()
+    modules = {m.name: m for m in list(model.encoders.values()) + list(model.decoders.values())
+               + [model.discriminator]}
+    before = {name: snapshot(module) for name, module in modules.items()}
+    history = train_steps(model, batch, stage=2, steps=1)
+    self.assertFalse(moved(before["rgb_encoder"], modules["rgb_encoder"]),
+                     "stage 2 must not change the RGB encoder (weights or BN statistics)")
+    for name, module in modules.items():
+      if name != "rgb_encoder":
+        self.assertTrue(moved(before[name], module), f"{name} did not move in stage 2")
+    for term in ["latent_rgb_depth", "depth_to_depth", "rgb_to_rgb", "rgb_gan", "discriminator"]:
+      self.assertIn(term, history.history)
+      self.assertTrue(np.isfinite(history.history[term][0]))
+
+  def test_stage1_has_only_translation_terms_with_three_modalities(self):
+    model = make_model(THREE, THREE_STREAMS)
+    history = train_steps(model, structured_batch(THREE, THREE_STREAMS), stage=1, steps=1)
+    self.assertNotIn("depth_to_depth", history.history)
+    self.assertNotIn("latent_rgb_depth", history.history)
+    self.assertIn("depth_to_rgb", history.history)
+    self.assertIn("rgb_to_segmentation", history.history)
+    self.assertNotIn("nir_to_rgb", history.history)
+
+  def test_pseudo_pair_gradient_reaches_only_non_anchor_modules(self):
+    model = make_model()
+    model.set_stage(3)
+    batch = structured_batch()
+    variables = model.trainable_variables
+    with tf.GradientTape() as tape:
+      terms, _ = model.compute_loss_terms(batch)
+      pseudo = tf.add_n([tf.reduce_mean(tf.concat(v, 0)) for name, v in terms.items()
+                         if name.startswith("pseudo_")])
+    self.assertEqual(sorted(n for n in terms if n.startswith("pseudo_")),
+                     ["pseudo_depth_to_segmentation", "pseudo_nir_to_segmentation",
+                      "pseudo_segmentation_to_depth", "pseudo_segmentation_to_nir"])
+    gradients = dict(zip([id(v) for v in variables], tape.gradient(pseudo, variables)))
+
+    def gradient_norm(module):
+      return sum(float(tf.reduce_sum(tf.abs(gradients[id(v)])))
+                 for v in module.trainable_variables if gradients[id(v)] is not None)
+
+    self.assertEqual(gradient_norm(model.encoders["rgb"]), 0.0)
+    self.assertEqual(gradient_norm(model.decoders["rgb"]), 0.0)
+    self.assertEqual(gradient_norm(model.discriminator), 0.0)
+    for name in ["depth", "nir", "segmentation"]:
+      self.assertGreater(gradient_norm(model.encoders[name]), 0.0, f"{name}_encoder")
+      self.assertGreater(gradient_norm(model.decoders[name]), 0.0, f"{name}_decoder")
+
+  def test_translations_are_derived_from_streams(self):
+    model = make_model()
+    self.assertIn(("depth", "rgb"), model.seen_translations)
+    self.assertIn(("depth", "segmentation"), model.unseen_translations)
+    self.assertNotIn(("depth", "segmentation"), model.seen_translations)
+
+
+class LearningTest(tf.test.TestCase):
+
+  def test_stage1_halves_segmentation_cross_entropy(self):
+    keras.utils.set_random_seed(1)
+    model = make_model()
+    batch = structured_batch()
+    # A tiny network on one fixed batch: a larger learning rate than the paper's keeps
+    # the test short; what it checks is that the losses and gradients are wired to learn.
+    def segmentation_cross_entropy():
+      terms, _ = model.compute_loss_terms(batch, model.stage_specs[1])
+      return float(tf.reduce_mean(terms["rgb_to_segmentation"][0]))
+
+    first = segmentation_cross_entropy()
+    train_steps(model, batch, stage=1, steps=150, learning_rate=1e-3, run_eagerly=False)
+    last = segmentation_cross_entropy()
+    self.assertLess(last, first / 2, f"cross-entropy {first:.3f} -> {last:.3f}")
+
+
+class InterfaceTest(tf.test.TestCase, parameterized.TestCase):
+
+  def test_translate_shapes_and_multimodal(self):
+    model = make_model()
+    depth = tf.random.uniform([2, SIZE, SIZE, 1])
+    self.assertEqual(model.translate("depth", "segmentation", depth).shape, (2, SIZE, SIZE, 5))
+    self.assertEqual(model.translate("segmentation", "rgb",
+                                     tf.zeros([2, SIZE, SIZE], tf.int32)).shape,
+                     (2, SIZE, SIZE, 3))
+    inputs = {"rgb": tf.zeros([2, SIZE, SIZE, 3]), "depth": depth, "nir": depth}
+    self.assertEqual(model.multimodal_weights(list(inputs)),
+                     {"rgb": 0.6, "depth": 0.2, "nir": 0.2})
+    fused = model.translate_multimodal(inputs, "segmentation")
+    self.assertEqual(fused.shape, (2, SIZE, SIZE, 5))
+    # With all weight on depth, multimodal fusion with depth's side information = depth alone.
+    only_depth = model.translate_multimodal({"depth": depth, "nir": depth}, "segmentation",
+                                            weights={"depth": 1.0, "nir": 0.0})
+    self.assertAllClose(only_depth, model.translate("depth", "segmentation", depth), atol=1e-5)
+
+  def test_alignment_factor_of_an_encoder_with_itself_is_one(self):
+    model = make_model()
+    x = tf.random.uniform([2, SIZE, SIZE, 1])
+    self.assertAllClose(model.alignment_factor("depth", x, "depth", x), 1.0, atol=1e-5)
+    factors = model.alignment_factors({"rgb": tf.zeros([2, SIZE, SIZE, 3]), "depth": x})
+    self.assertEqual(list(factors), ["rgb_depth"])
+
+  def test_bad_inputs_raise_clear_errors(self):
+    model = make_model()
+    with self.assertRaisesRegex(ValueError, "Unknown modality 'thermal'"):
+      model.translate("thermal", "rgb", tf.zeros([1, SIZE, SIZE, 1]))
+    with self.assertRaisesRegex(ValueError, "expected 1 input channels"):
+      model.translate("depth", "rgb", tf.zeros([1, SIZE, SIZE, 3]))
+    with self.assertRaisesRegex(ValueError, "multiples of 32"):
+      model.translate("depth", "rgb", tf.zeros([1, 40, 40, 1]))
+    with self.assertRaisesRegex(ValueError, "Unknown modality"):
+      modalities.get("thermal")
+    with self.assertRaisesRegex(ValueError, "must start with the anchor"):
+      make_model(streams=[("segmentation", "rgb")])
+    with self.assertRaisesRegex(ValueError, "no stream"):
+      model.compute_loss_terms({"rgb+segmentation": structured_batch()["rgb+segmentation"]})
+
+  def test_get_config_round_trip(self):
+    model = make_model(side_information="skip", noise_std=0.3)
+    clone = mm_model.MixAndMatchNetworks.from_config(model.get_config())
+    self.assertEqual(model.get_config(), clone.get_config())
+    for network in [model.encoders["depth"], model.decoders["segmentation"],
+                    model.decoders["rgb"]]:
+      copy = type(network).from_config(network.get_config())
+      self.assertEqual(network.get_config(), copy.get_config())
+    disc = networks.PatchDiscriminator.from_config(model.discriminator.get_config())
+    self.assertEqual(disc.get_config(), model.discriminator.get_config())
+
+  def test_save_and_load_give_identical_outputs(self):
+    model = make_model()
+    train_steps(model, structured_batch(), stage=1, steps=2)
+    depth = tf.random.uniform([2, SIZE, SIZE, 1])
+    expected = model.translate("depth", "segmentation", depth)
+    directory = tempfile.mkdtemp()
+    model.save_weights(os.path.join(directory, "w.weights.h5"))
+    other = make_model()
+    other.load_weights(os.path.join(directory, "w.weights.h5"))
+    self.assertAllEqual(other.translate("depth", "segmentation", depth), expected)
+    saving.save_model(model, os.path.join(directory, "run", "model"))
+    loaded = mm_tf.load(os.path.join(directory, "run"))
+    self.assertAllEqual(loaded.translate("depth", "segmentation", depth), expected)
+    with self.assertRaisesRegex(FileNotFoundError, "No trained model"):
+      mm_tf.load(os.path.join(directory, "nothing"))
+
+  @parameterized.parameters("skip", "none")
+  def test_side_information_ablations_get_gradients(self, side_information):
+    model = make_model(side_information=side_information)
+    model.set_stage(1)
+    with tf.GradientTape() as tape:
+      terms, _ = model.compute_loss_terms(structured_batch())
+      loss = tf.reduce_mean(terms["depth_to_rgb"][0])
+    gradients = tape.gradient(loss, model.encoders["depth"].trainable_variables)
+    self.assertTrue(all(g is not None and bool(tf.reduce_all(tf.math.is_finite(g)))
+                        for g in gradients))
+
+  def test_mixed_bfloat16_policy_trains(self):
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+      model = make_model()
+      self.assertEqual(model.encoders["depth"].compute_dtype, "bfloat16")
+      history = train_steps(model, structured_batch(), stage=2, steps=2)
+      self.assertTrue(all(np.isfinite(v[0]) for v in history.history.values()))
+      output = model.translate("depth", "segmentation", tf.zeros([1, SIZE, SIZE, 1]))
+      self.assertEqual(output.dtype, tf.float32)
+    finally:
+      keras.mixed_precision.set_global_policy("float32")
+
+
+DISTRIBUTED_SCRIPT = textwrap.dedent("""
+    import numpy as np, tensorflow as tf, keras
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from tests.test_model import make_model, structured_batch
+    batch = structured_batch()
+    dataset = tf.data.Dataset.from_tensors(batch).repeat()
+
+    def one_step(strategy, weights):
+      with strategy.scope():
+        model = make_model()
+        if weights is not None:
+          model.set_weights(weights)
+        model.set_stage(1)
+        model.compile(generator_optimizer=keras.optimizers.SGD(1e-3),
+                      discriminator_optimizer=keras.optimizers.SGD(1e-3), run_eagerly=True)
+      initial = [w.copy() for w in model.get_weights()]
+      history = model.fit(dataset, steps_per_epoch=1, epochs=1, verbose=0)
+      return initial, model.get_weights(), history.history
+
+    keras.utils.set_random_seed(0)
+    initial, single, single_history = one_step(tf.distribute.get_strategy(), None)
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    _, distributed, distributed_history = one_step(mirrored, initial)
+    # Per variable: how far the two updates differ, relative to how far it moved. A loss
+    # averaged per replica instead of over the global batch would make this ~1 (updates
+    # off by the replica count); synchronized BN's one-pass variance leaves ~0.1 of
+    # float32 noise in the deepest gradient sums.
+    worst, moved = 0.0, 0.0
+    for a, b, start in zip(single, distributed, initial):
+      movement = float(np.max(np.abs(a - start)))
+      moved = max(moved, movement)
+      if movement > 1e-6:
+        worst = max(worst, float(np.max(np.abs(a - b))) / movement)
+    print("WORST", worst, "MOVED", moved)
+    for key in single_history:
+      print("METRIC", key, single_history[key][0], distributed_history[key][0])
+""")
+
+
+class DistributionTest(tf.test.TestCase):
+
+  def test_mirrored_strategy_matches_one_device(self):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", DISTRIBUTED_SCRIPT], cwd=root,
+                            capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+    lines = result.stdout.splitlines()
+    worst_line = [l for l in lines if l.startswith("WORST")][0].split()
+    worst, moved = float(worst_line[1]), float(worst_line[3])
+    self.assertGreater(moved, 1e-4)
+    self.assertLess(worst, 0.3, result.stdout)
+    for line in lines:
+      if line.startswith("METRIC"):
+        _, name, single, distributed = line.split()
+        self.assertAllClose(float(single), float(distributed), rtol=1e-3, msg=name)
+
+
+if __name__ == "__main__":
+  tf.test.main()
