@@ -351,11 +351,22 @@ def _latest_stage_with_checkpoint(config):
 
 
 def _make_checkpoint(model, step):
-  # Slots exist before restore so every saved value has a home (no deferred restores).
+  """A tf.train.Checkpoint of every model variable, both optimizers and the stage step.
+
+  The variables are listed explicitly by path: a Keras 3 model passed as one object is
+  only reached through the optimizers' variable lists, which would leave out the
+  non-trainable (batch-norm statistics) and frozen (stage 2-3 RGB encoder) variables.
+  """
+  # Slots exist before restore so every saved value has a home (no deferred restores);
+  # building them here also keeps the first step from tracing train_step twice.
   model.generator_optimizer.build(model.generator_variables())
   if model.discriminator_optimizer is not None:
     model.discriminator_optimizer.build(model.discriminator.trainable_variables)
-  return tf.train.Checkpoint(model=model, generator_optimizer=model.generator_optimizer,
+  variables = {v.path.replace("/", "."): v for v in model.variables}
+  if len(variables) != len(model.variables):
+    raise ValueError("Model variable paths are not unique; cannot checkpoint them by path.")
+  return tf.train.Checkpoint(model_variables=variables,
+                             generator_optimizer=model.generator_optimizer,
                              discriminator_optimizer=model.discriminator_optimizer, step=step)
 
 

@@ -122,6 +122,30 @@ class CompatibilityTest(tf.test.TestCase):
     with self.assertRaisesRegex(ValueError, "Cannot read VGG16 weights"):
       training.load_vgg16_into_rgb_encoder(model, config.rgb_encoder_vgg16_h5)
 
+  def test_checkpoint_restores_every_variable(self):
+    # Frozen and non-trainable variables (RGB encoder in stage 2, batch-norm statistics)
+    # are not reachable through the optimizers: the checkpoint must hold them too.
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    config = mm_config.ExperimentConfig(width=0.0625, image_size=32)
+
+    def make():
+      model = training.build_model(config)
+      model.set_stage(2)
+      model.compile()
+      step = tf.Variable(0, dtype=tf.int64)
+      return model, training._make_checkpoint(model, step), step  # pylint: disable=protected-access
+
+    saved, checkpoint, step = make()
+    for v in saved.variables:
+      v.assign(np.random.default_rng(0).uniform(0.5, 1.5, v.shape).astype(v.dtype))
+    step.assign(7)
+    path = checkpoint.save(os.path.join(tempfile.mkdtemp(dir=self.get_temp_dir()), "ckpt"))
+    restored, checkpoint, step = make()
+    checkpoint.restore(path).assert_existing_objects_matched()
+    self.assertEqual(int(step.numpy()), 7)
+    for a, b in zip(saved.variables, restored.variables):
+      self.assertAllClose(a.numpy(), b.numpy(), msg=a.path)
+
   def test_vgg16_h5_maps_onto_the_rgb_encoder(self):
     import h5py  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
