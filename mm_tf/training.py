@@ -357,11 +357,10 @@ def _make_checkpoint(model, step):
   only reached through the optimizers' variable lists, which would leave out the
   non-trainable (batch-norm statistics) and frozen (stage 2-3 RGB encoder) variables.
   """
-  # Slots exist before restore so every saved value has a home (no deferred restores);
-  # building them here also keeps the first step from tracing train_step twice.
-  model.generator_optimizer.build(model.generator_variables())
-  if model.discriminator_optimizer is not None:
-    model.discriminator_optimizer.build(model.discriminator.trainable_variables)
+  # `MixAndMatchNetworks.compile` has already built the optimizers' slots, so every saved
+  # value has a home on restore (no deferred restores).
+  if not model.generator_optimizer.built:
+    raise ValueError("Compile the built model before checkpointing it.")
   variables = {v.path.replace("/", "."): v for v in model.variables}
   if len(variables) != len(model.variables):
     raise ValueError("Model variable paths are not unique; cannot checkpoint them by path.")
