@@ -154,6 +154,20 @@ def pick(candidates: Optional[list], preferred_suffixes: Iterable[str]) -> Optio
   return candidates[0]
 
 
+def scene_features(with_nir: bool = False) -> tfds.features.FeaturesDict:
+  """The features every mm_tf builder stores: ids, RGB, depth, (NIR,) segmentation."""
+  features = {
+      "id": tfds.features.Text(),
+      "scene_id": tfds.features.Text(),
+      "rgb": tfds.features.Image(shape=(None, None, 3)),
+      DEPTH_FEATURE: depth_feature(),
+  }
+  if with_nir:
+    features["nir"] = tfds.features.Image(shape=(None, None, 1))
+  features["segmentation"] = label_feature()
+  return tfds.features.FeaturesDict(features)
+
+
 class ManualBuilder(tfds.core.GeneratorBasedBuilder):
   """Base of mm_tf's manual-download builders (abstract: tfds does not register it).
 

@@ -167,14 +167,7 @@ class FreiburgForest(common.ManualBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         description="Freiburg Forest (DeepScene) multispectral forest scenes; see mm_tf docs/data.md.",
-        features=tfds.features.FeaturesDict({
-            "id": tfds.features.Text(),
-            "scene_id": tfds.features.Text(),
-            "rgb": tfds.features.Image(shape=(None, None, 3)),
-            common.DEPTH_FEATURE: common.depth_feature(),
-            "nir": tfds.features.Image(shape=(None, None, 1)),
-            "segmentation": common.label_feature(),
-        }),
+        features=common.scene_features(with_nir=True),
         homepage="http://deepscene.cs.uni-freiburg.de/",
     )
 

@@ -159,13 +159,7 @@ class ScenenetRgbd(common.ManualBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         description="SceneNet RGB-D synthetic indoor scenes, 13 NYU classes; see mm_tf docs/data.md.",
-        features=tfds.features.FeaturesDict({
-            "id": tfds.features.Text(),
-            "scene_id": tfds.features.Text(),
-            "rgb": tfds.features.Image(shape=(None, None, 3)),
-            common.DEPTH_FEATURE: common.depth_feature(),
-            "segmentation": common.label_feature(),
-        }),
+        features=common.scene_features(with_nir=False),
         homepage="https://robotvault.bitbucket.io/scenenet-rgbd.html",
     )
 

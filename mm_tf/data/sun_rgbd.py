@@ -118,13 +118,7 @@ class SunRgbd(common.ManualBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         description="SUN RGB-D indoor scenes, 13 classes; see mm_tf docs/data.md.",
-        features=tfds.features.FeaturesDict({
-            "id": tfds.features.Text(),
-            "scene_id": tfds.features.Text(),
-            "rgb": tfds.features.Image(shape=(None, None, 3)),
-            common.DEPTH_FEATURE: common.depth_feature(),
-            "segmentation": common.label_feature(),
-        }),
+        features=common.scene_features(with_nir=False),
         homepage="https://rgbd.cs.princeton.edu/",
     )
 
