@@ -16,12 +16,13 @@ from mm_tf import stages as mm_stages
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 SIDE_INFORMATION = ("switches", "skip", "none")
+CLASS_BALANCING = ("none", "median_frequency")
 
 # Settings that change the networks' shapes, the data or the meaning of a checkpoint: a
 # run resumed with another value would silently mix two experiments, so it is refused.
 # Everything else (steps, logging, evaluation, export, lambdas, learning rates, precision,
 # batch size) may change between runs of the same model_dir.
-INCOMPATIBLE_FIELDS = ("dataset", "image_size", "width", "side_information",
+INCOMPATIBLE_FIELDS = ("dataset", "image_size", "width", "side_information", "num_pools",
                        "unpool_implementation", "oracle", "rgb_encoder_vgg16_h5",
                        "synthetic_num_train", "synthetic_num_test", "seed", "noise_std")
 
@@ -42,6 +43,7 @@ class ExperimentConfig:
   # Model.
   width: float = 0.125
   side_information: str = "switches"
+  num_pools: int = 5
   noise_std: float = 0.5
   unpool_implementation: str = "fused"
   rgb_encoder_vgg16_h5: str = ""
@@ -64,6 +66,8 @@ class ExperimentConfig:
   freeze_rgb_encoder: bool = True
   oracle_steps: int = -1
   with_oracle: bool = False
+  batch_norm_recalibration_batches: int = 20
+  class_balancing: str = "none"
   # Runtime.
   model_dir: str = "runs/synthetic_forest"
   seed: int = 0
@@ -91,9 +95,13 @@ class ExperimentConfig:
     _check_choice("precision", self.precision, PRECISIONS)
     _check_choice("distribution_strategy", self.distribution_strategy, STRATEGIES)
     _check_choice("side_information", self.side_information, SIDE_INFORMATION)
-    if self.image_size % 32:
-      raise ValueError(f"--image_size must be a multiple of 32 (five 2x2 poolings), got "
-                       f"{self.image_size}.")
+    _check_choice("class_balancing", self.class_balancing, CLASS_BALANCING)
+    if not 1 <= self.num_pools <= 5:
+      raise ValueError(f"--num_pools must be between 1 and 5 (the paper's VGG16 encoder has 5 "
+                       f"pooling levels), got {self.num_pools}.")
+    if self.image_size % 2**self.num_pools:
+      raise ValueError(f"--image_size must be a multiple of {2**self.num_pools} "
+                       f"({self.num_pools} 2x2 poolings), got {self.image_size}.")
     if self.batch_size < 1 or self.width <= 0:
       raise ValueError(f"--batch_size must be >= 1 and --width > 0, got {self.batch_size} "
                        f"and {self.width}.")
@@ -207,6 +215,11 @@ def define_flags():
   flags.DEFINE_enum("side_information", d.side_information, list(SIDE_INFORMATION),
                     "What the decoders get from the source encoder besides the latent: pooling "
                     "indices (paper), skip connections or nothing (paper Table 2).")
+  flags.DEFINE_integer("num_pools", d.num_pools, "Argmax-pooling levels of every encoder and "
+                       "decoder (paper: 5, 256x256 -> 8x8 latent). Fewer levels drop the "
+                       "deepest VGG16 stages so small images keep a latent with spatial "
+                       "detail (64x64 with 3 pools gives the paper's 8x8 latent); "
+                       "--image_size must be a multiple of 2**num_pools.")
   flags.DEFINE_float("noise_std", d.noise_std, "Std of the Gaussian noise added to latents in "
                      "stages 2-3 (paper: 0.5).")
   flags.DEFINE_enum("unpool_implementation", d.unpool_implementation, ["fused", "scatter"],
@@ -247,6 +260,15 @@ def define_flags():
   flags.DEFINE_bool("latent_noise", d.latent_noise, "Gaussian latent noise in stages 2-3.")
   flags.DEFINE_bool("freeze_rgb_encoder", d.freeze_rgb_encoder, "Freeze the RGB encoder in "
                     "stages 2-3 (paper).")
+  flags.DEFINE_integer("batch_norm_recalibration_batches", d.batch_norm_recalibration_batches,
+                       "At the end of every stage, set the batch-norm moving statistics of the "
+                       "modules it trained to the mean moments of this many training batches "
+                       "(precise BN; the frozen RGB encoder of stages 2-3 keeps stage 1's). "
+                       "Keras' momentum-0.99 averages lag short stages. 0 turns it off.")
+  flags.DEFINE_enum("class_balancing", d.class_balancing, list(CLASS_BALANCING),
+                    "Class weights of the segmentation cross-entropy (and its pseudo-pair "
+                    "term): none (the paper's plain loss) or median_frequency (SegNet's "
+                    "median-frequency balancing, counted on the training labels).")
   flags.DEFINE_integer("oracle_steps", d.oracle_steps, "Steps of the --oracle run (-1: the sum "
                        "of --steps).")
   flags.DEFINE_bool("with_oracle", d.with_oracle, "After training, also train the oracle "

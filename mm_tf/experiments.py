@@ -182,6 +182,7 @@ class Data:
     self._training = training
     self.spec = training.dataset_spec(config)
     self._prepared = False
+    self._modalities = None
 
   def prepare(self):
     if not self._prepared:
@@ -190,7 +191,12 @@ class Data:
 
   @property
   def modalities(self):
-    return list(self.spec.modalities)
+    """The modality descriptions every row's model gets (class weights included)."""
+    if self._modalities is None:
+      if self.config.class_balancing != "none":
+        self.prepare()  # The weights are counted on the training labels.
+      self._modalities = self._training.model_modalities(self.config)
+    return list(self._modalities)
 
   @property
   def streams(self):
@@ -309,7 +315,8 @@ class Runner:
     kwargs = dict(width=self.config.width, side_information=spec.side_information,
                   noise_std=self.config.noise_std, stages=self.config.stages(),
                   image_size=self.config.image_size,
-                  unpool_implementation=self.config.unpool_implementation)
+                  unpool_implementation=self.config.unpool_implementation,
+                  num_pools=self.config.num_pools)
     if spec.few_pairs:
       return mm_few_pairs.FewPairMixAndMatch(modalities, self.data.streams, **kwargs)
     return mm_model.MixAndMatchNetworks(modalities, self.data.streams, **kwargs)
@@ -388,7 +395,7 @@ class Runner:
         modalities, streams, anchor="segmentation", width=config.width,
         side_information=config.side_information, noise_std=config.noise_std,
         stages=config.stages(), image_size=config.image_size,
-        unpool_implementation=config.unpool_implementation)
+        unpool_implementation=config.unpool_implementation, num_pools=config.num_pools)
     path = self.weights_path("oracle", 1)
     if os.path.exists(path):
       model.load_weights(path)

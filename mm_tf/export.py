@@ -52,7 +52,6 @@ import tensorflow as tf
 
 from mm_tf import layers as mm_layers
 from mm_tf import model as mm_model
-from mm_tf import networks
 
 MANIFEST_FILE = "manifest.json"
 MODELS_CONFIG_FILE = "models.config"
@@ -138,8 +137,8 @@ class _WireFormat:
     shape = tf.shape(raw_image)
     # A clear message instead of a shape error deep in the decoder's unpooling.
     checks = [tf.debugging.assert_equal(
-        shape[axis] % networks.SIZE_MULTIPLE, 0,
-        message=f"{IMAGE_KEY} height and width must be multiples of {networks.SIZE_MULTIPLE}")
+        shape[axis] % self.model.size_multiple, 0,
+        message=f"{IMAGE_KEY} height and width must be multiples of {self.model.size_multiple}")
               for axis in (1, 2)]
     with tf.control_dependencies(checks):
       model_space = modality.normalize(raw_image)
@@ -304,11 +303,11 @@ def build_manifest(model, wire_format, version, include_multimodal=True):
       "format": MANIFEST_FORMAT,
       "version": int(version),
       "image_size": int(model.image_size),
-      "size_multiple": networks.SIZE_MULTIPLE,
+      "size_multiple": model.size_multiple,
       "anchor": model.anchor,
       "side_information": model.side_information,
       "latent": {"name": LATENT_KEY, "channels": wire_format.latent_channels,
-                 "dtype": "float32", "downsampling": networks.SIZE_MULTIPLE},
+                 "dtype": "float32", "downsampling": model.size_multiple},
       "side": side,
       "switch_encoding": (
           "uint8 [B, h, w, ceil(C/4)]: 2x2-window position (2*dy + dx) of each switch, "

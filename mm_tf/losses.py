@@ -74,13 +74,15 @@ def berhu(prediction, target, valid_mask=None):
   return _per_image_masked_mean(loss, valid_mask)
 
 
-def cross_entropy(logits, labels, num_classes=None):
+def cross_entropy(logits, labels, num_classes=None, class_weights=()):
   """Pixel-wise softmax cross-entropy ignoring void labels, averaged per image.
 
   Args:
     logits: [B, H, W, K].
     labels: int [B, H, W]; any value outside 0..K-1 (the void label 255) is ignored.
     num_classes: K (defaults to the logits' last dimension).
+    class_weights: Optional K weights; each pixel's loss is scaled by its label's weight
+      (the mean is still over valid pixels, as in SegNet's weighted loss).
 
   Returns:
     [B] float32; 0 for an image that is entirely void.
@@ -91,6 +93,8 @@ def cross_entropy(logits, labels, num_classes=None):
   valid = (labels >= 0) & (labels < num_classes)
   safe_labels = tf.where(valid, labels, tf.zeros_like(labels))
   pixel_loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe_labels, logits=logits)
+  if len(class_weights):
+    pixel_loss *= tf.gather(tf.constant(class_weights, tf.float32), safe_labels)
   return _per_image_masked_mean(pixel_loss, valid)
 
 
@@ -140,7 +144,7 @@ def reconstruction(modality, output, target):
     [B] float32.
   """
   if modality.loss == "cross_entropy":
-    return cross_entropy(output, target, modality.channels)
+    return cross_entropy(output, target, modality.channels, modality.class_weights)
   if modality.loss == "berhu":
     return berhu(output, target, modality.valid_mask(tf.cast(target, tf.float32)))
   if modality.loss == "l2":
@@ -158,7 +162,8 @@ def pseudo_pair(modality, output, pseudo_target):
   """
   pseudo_target = tf.stop_gradient(tf.cast(pseudo_target, tf.float32))
   if modality.loss == "cross_entropy":
-    return cross_entropy(output, modality.to_labels(pseudo_target), modality.channels)
+    return cross_entropy(output, modality.to_labels(pseudo_target), modality.channels,
+                         modality.class_weights)
   if modality.loss == "berhu":
     return berhu(output, pseudo_target, tf.math.is_finite(pseudo_target))
   return l2(output, pseudo_target)

@@ -54,6 +54,9 @@ class Modality:
     class_names: Segmentation class names, index = label.
     palette: Segmentation RGB colour per class.
     void_label: Segmentation label ignored by losses and metrics.
+    class_weights: Segmentation only: weight of each class in the cross-entropy (empty =
+      unweighted, the paper's loss). Set from the training labels by
+      `with_median_frequency_weights`, not by hand.
   """
 
   name: str
@@ -69,6 +72,7 @@ class Modality:
   class_names: Tuple[str, ...] = ()
   palette: Tuple[Tuple[int, int, int], ...] = ()
   void_label: Optional[int] = None
+  class_weights: Tuple[float, ...] = ()
 
   def __post_init__(self):
     if self.loss not in LOSSES:
@@ -90,6 +94,11 @@ class Modality:
     object.__setattr__(self, "normalized_range", tuple(float(v) for v in self.normalized_range))
     object.__setattr__(self, "class_names", tuple(self.class_names))
     object.__setattr__(self, "palette", tuple(tuple(int(c) for c in p) for p in self.palette))
+    object.__setattr__(self, "class_weights", tuple(float(w) for w in self.class_weights))
+    if self.class_weights and (not self.is_categorical or len(self.class_weights) != self.channels
+                               or min(self.class_weights) <= 0):
+      raise ValueError(f"Modality {self.name!r}: class_weights must be {self.channels} positive "
+                       f"values of a categorical modality, got {list(self.class_weights)}.")
 
   # ---------------------------------------------------------------- properties
   @property
@@ -107,6 +116,29 @@ class Modality:
     if not self.is_categorical:
       raise ValueError(f"Modality {self.name!r} is not categorical; it has no classes.")
     return self.channels
+
+  def with_median_frequency_weights(self, class_pixel_counts) -> "Modality":
+    """This description with median-frequency class weights (Eigen & Fergus; SegNet).
+
+    weight_c = median(f) / f_c, where f_c is class c's share of the labelled training
+    pixels: rare classes (Freiburg's obstacles, a few percent of the pixels) are not
+    drowned by sky and vegetation. The paper does not say how its cross-entropy treats
+    class imbalance; SegNet, whose decoder it uses, trains with these weights. Classes
+    absent from the counts get the largest weight of the present ones.
+
+    Args:
+      class_pixel_counts: [K] labelled pixels per class (void excluded).
+    """
+    counts = np.asarray(class_pixel_counts, np.float64)
+    if not self.is_categorical or counts.shape != (self.channels,) or counts.sum() <= 0:
+      raise ValueError(f"Modality {self.name!r}: need {self.channels} class pixel counts with "
+                       f"a positive sum, got {counts.tolist()}.")
+    present = counts > 0
+    frequencies = counts / counts.sum()
+    weights = np.zeros_like(frequencies)
+    weights[present] = np.median(frequencies[present]) / frequencies[present]
+    weights[~present] = weights[present].max()
+    return self.replace(class_weights=tuple(float(w) for w in weights))
 
   # ---------------------------------------------------------------- conversions
   def normalize(self, raw) -> tf.Tensor:
@@ -193,6 +225,7 @@ class Modality:
     config["normalized_range"] = list(self.normalized_range)
     config["class_names"] = list(self.class_names)
     config["palette"] = [list(p) for p in self.palette]
+    config["class_weights"] = list(self.class_weights)
     return config
 
   @classmethod

@@ -8,8 +8,11 @@
   information (the paper saw grid artifacts in RGB when switches were used).
 * `PatchDiscriminator` (Table 12 + a 1-channel patch output): the LSGAN critic for RGB.
 
-`width` scales every channel count (1.0 = paper). Inputs must be a multiple of 32 in
-height and width (five 2x poolings).
+`width` scales every channel count (1.0 = paper). `num_pools` (paper: 5) is the number of
+argmax-pooling levels: fewer levels drop the deepest encoder stages and the matching first
+decoder stages, so the latent keeps more spatial resolution (the paper's 256x256 input gives
+an 8x8 latent; 64x64 with five pools gives 2x2, with three pools the paper's 8x8). Inputs
+must be a multiple of 2**num_pools in height and width.
 
 Which decoder a modality gets is read from its description
 (`Modality.decoder_uses_switches`), never from its name.
@@ -22,7 +25,7 @@ from mm_tf import layers as mm_layers
 from mm_tf import modalities as mm_modalities
 
 SIDE_INFORMATION = ("switches", "skip", "none")
-NUM_POOLS = 5
+NUM_POOLS = 5  # The paper's (VGG16's) pooling levels; the default of every network.
 SIZE_MULTIPLE = 2**NUM_POOLS
 
 # Table 9: conv channels per pooling stage (shallow -> deep).
@@ -47,13 +50,27 @@ def check_side_information(side_information):
   return side_information
 
 
-def check_image_size(shape, where):
-  """Raises a clear error when a static spatial size is not a multiple of 32."""
+def check_num_pools(num_pools):
+  num_pools = int(num_pools)
+  if not 1 <= num_pools <= NUM_POOLS:
+    raise ValueError(f"num_pools must be between 1 and {NUM_POOLS} (the paper's VGG16 "
+                     f"encoder has {NUM_POOLS} pooling levels), got {num_pools}.")
+  return num_pools
+
+
+def size_multiple(num_pools=NUM_POOLS):
+  """Height and width must be multiples of this (one 2x pooling per level)."""
+  return 2**check_num_pools(num_pools)
+
+
+def check_image_size(shape, where, num_pools=NUM_POOLS):
+  """Raises a clear error when a static spatial size is not a multiple of 2**num_pools."""
+  multiple = size_multiple(num_pools)
   for size in shape[1:3]:
-    if size is not None and size % SIZE_MULTIPLE:
-      raise ValueError(f"{where}: image height and width must be multiples of {SIZE_MULTIPLE} "
-                       f"(five 2x poolings), got {tuple(shape[1:3])}. Resize or crop the input, "
-                       f"e.g. to {max(SIZE_MULTIPLE, size // SIZE_MULTIPLE * SIZE_MULTIPLE)}.")
+    if size is not None and size % multiple:
+      raise ValueError(f"{where}: image height and width must be multiples of {multiple} "
+                       f"({num_pools} 2x poolings), got {tuple(shape[1:3])}. Resize or crop "
+                       f"the input, e.g. to {max(multiple, size // multiple * multiple)}.")
 
 
 def _modality(modality):
@@ -71,9 +88,11 @@ class SegNetEncoder(keras.Model):
     side_information: "switches" returns the 5 pooling switches, "skip" the 5 pre-pool
       feature maps (U-Net), "none" nothing.
     batch_norm: BN after every conv (the paper's VGG-initialised RGB encoder has none).
+    num_pools: Pooling levels (paper: 5); fewer drop the deepest VGG16 stages.
 
-  Call returns `(latent, side)`: latent [B, H/32, W/32, 512*width] and a tuple of 5 side
-  tensors ordered shallow -> deep (empty for "none").
+  Call returns `(latent, side)`: latent [B, H/2**num_pools, W/2**num_pools, C] (C = 512*width
+  with 4-5 pools) and a tuple of `num_pools` side tensors ordered shallow -> deep (empty for
+  "none").
 
   Example:
     >>> encoder = SegNetEncoder("depth", width=0.125)
@@ -83,27 +102,29 @@ class SegNetEncoder(keras.Model):
   """
 
   def __init__(self, modality, width=1.0, side_information="switches", batch_norm=True,
-               **kwargs):
+               num_pools=NUM_POOLS, **kwargs):
     self.modality = _modality(modality)
     kwargs.setdefault("name", f"{self.modality.name}_encoder")
     super().__init__(**kwargs)
     self.width = float(width)
     self.side_information = check_side_information(side_information)
     self.batch_norm = bool(batch_norm)
+    self.num_pools = check_num_pools(num_pools)
     self.stages = []
-    for stage_index, stage_filters in enumerate(ENCODER_FILTERS, start=1):
+    for stage_index, stage_filters in enumerate(ENCODER_FILTERS[:self.num_pools], start=1):
       self.stages.append([
           mm_layers.ConvBlock(scaled(f, width), batch_norm=batch_norm,
                               name=f"conv{stage_index}_{i}")
           for i, f in enumerate(stage_filters, start=1)])
-    self.pools = [mm_layers.MaxPoolWithArgmax(name=f"pool{i}") for i in range(1, NUM_POOLS + 1)]
+    self.pools = [mm_layers.MaxPoolWithArgmax(name=f"pool{i}")
+                  for i in range(1, self.num_pools + 1)]
 
   @property
   def latent_channels(self):
-    return scaled(ENCODER_FILTERS[-1][-1], self.width)
+    return scaled(ENCODER_FILTERS[self.num_pools - 1][-1], self.width)
 
   def build(self, input_shape):
-    check_image_size(input_shape, self.name)
+    check_image_size(input_shape, self.name, self.num_pools)
     if input_shape[-1] is not None and input_shape[-1] != self.modality.encoder_channels:
       raise ValueError(f"{self.name}: expected {self.modality.encoder_channels} input channels "
                        f"for modality {self.modality.name!r}, got {input_shape[-1]}.")
@@ -116,7 +137,7 @@ class SegNetEncoder(keras.Model):
     self.built = True
 
   def call(self, inputs, training=None):
-    check_image_size(inputs.shape, self.name)
+    check_image_size(inputs.shape, self.name, self.num_pools)
     if inputs.shape[-1] is not None and inputs.shape[-1] != self.modality.encoder_channels:
       raise ValueError(f"{self.name}: expected {self.modality.encoder_channels} input channels "
                        f"for modality {self.modality.name!r}, got {inputs.shape[-1]}.")
@@ -135,7 +156,8 @@ class SegNetEncoder(keras.Model):
   def get_config(self):
     config = super().get_config()
     config.update(modality=self.modality.to_config(), width=self.width,
-                  side_information=self.side_information, batch_norm=self.batch_norm)
+                  side_information=self.side_information, batch_norm=self.batch_norm,
+                  num_pools=self.num_pools)
     return config
 
   @classmethod
@@ -153,25 +175,29 @@ class SegNetDecoder(keras.Model):
       2x upsample and concatenate the source encoder's pre-pool features (U-Net); "none":
       2x nearest upsampling only.
     unpool_implementation: "fused" (default) or "scatter".
+    num_pools: Unpooling levels; must match the source encoder's (paper: 5). Fewer drop
+      the first (deepest) stages of Table 10.
 
   Call: `decoder(latent, side, training)`; `side` is the encoder's side tuple. Returns
-  [B, 32h, 32w, channels] float32: logits for softmax modalities, else activated.
+  [B, h * 2**num_pools, w * 2**num_pools, channels] float32: logits for softmax
+  modalities, else activated.
   """
 
   def __init__(self, modality, width=1.0, side_information="switches",
-               unpool_implementation="fused", **kwargs):
+               unpool_implementation="fused", num_pools=NUM_POOLS, **kwargs):
     self.modality = _modality(modality)
     kwargs.setdefault("name", f"{self.modality.name}_decoder")
     super().__init__(**kwargs)
     self.width = float(width)
     self.side_information = check_side_information(side_information)
     self.unpool_implementation = unpool_implementation
+    self.num_pools = check_num_pools(num_pools)
+    levels = range(self.num_pools, 0, -1)
     self.unpools = [mm_layers.MaxUnpooling2D(unpool_implementation, name=f"unpool{i}")
-                    for i in range(NUM_POOLS, 0, -1)]
-    self.upsamples = [keras.layers.UpSampling2D(2, name=f"upsample{i}")
-                      for i in range(NUM_POOLS, 0, -1)]
+                    for i in levels]
+    self.upsamples = [keras.layers.UpSampling2D(2, name=f"upsample{i}") for i in levels]
     self.stages = []
-    for stage_index, stage_filters in zip(range(NUM_POOLS, 0, -1), DECODER_FILTERS):
+    for stage_index, stage_filters in zip(levels, DECODER_FILTERS[NUM_POOLS - self.num_pools:]):
       self.stages.append([
           mm_layers.ConvBlock(scaled(f, width), name=f"deconv{stage_index}_{i}")
           for i, f in enumerate(stage_filters, start=1)])
@@ -185,7 +211,7 @@ class SegNetDecoder(keras.Model):
       shape = (shape[0], None if shape[1] is None else shape[1] * 2,
                None if shape[2] is None else shape[2] * 2, shape[3])
       if self.side_information == "skip":
-        skip_channels = scaled(ENCODER_FILTERS[NUM_POOLS - 1 - index][-1], self.width)
+        skip_channels = scaled(ENCODER_FILTERS[self.num_pools - 1 - index][-1], self.width)
         shape = shape[:3] + (shape[3] + skip_channels,)
       for block in blocks:
         block.build(shape)
@@ -195,12 +221,12 @@ class SegNetDecoder(keras.Model):
 
   def call(self, latent, side=(), training=None):
     side = tuple(side)
-    if self.side_information != "none" and len(side) != NUM_POOLS:
+    if self.side_information != "none" and len(side) != self.num_pools:
       raise ValueError(f"{self.name}: side_information={self.side_information!r} needs the "
-                       f"{NUM_POOLS} side tensors of the source encoder, got {len(side)}.")
+                       f"{self.num_pools} side tensors of the source encoder, got {len(side)}.")
     x = latent
     for index, blocks in enumerate(self.stages):
-      level = NUM_POOLS - 1 - index  # Deepest side tensor first.
+      level = self.num_pools - 1 - index  # Deepest side tensor first.
       if self.side_information == "switches":
         x = self.unpools[index](x, side[level])
       else:
@@ -218,7 +244,7 @@ class SegNetDecoder(keras.Model):
     config = super().get_config()
     config.update(modality=self.modality.to_config(), width=self.width,
                   side_information=self.side_information,
-                  unpool_implementation=self.unpool_implementation)
+                  unpool_implementation=self.unpool_implementation, num_pools=self.num_pools)
     return config
 
   @classmethod
@@ -230,18 +256,22 @@ class UpsamplingDecoder(keras.Model):
   """Decoder without side information (paper Table 11, the RGB decoder).
 
   Four stride-2 transposed conv3x3+BN+ReLU blocks and a stride-2 transposed conv head:
-  8x8x512 -> 256x256xC at width 1. Accepts and ignores `side` so every decoder has the
-  same call signature.
+  8x8x512 -> 256x256xC at width 1 (`num_pools - 1` blocks, the last ones of Table 11, for
+  fewer pooling levels). Accepts and ignores `side` so every decoder has the same call
+  signature.
   """
 
-  def __init__(self, modality, width=1.0, **kwargs):
+  def __init__(self, modality, width=1.0, num_pools=NUM_POOLS, **kwargs):
     self.modality = _modality(modality)
     kwargs.setdefault("name", f"{self.modality.name}_decoder")
     super().__init__(**kwargs)
     self.width = float(width)
+    self.num_pools = check_num_pools(num_pools)
+    filters = UPSAMPLING_FILTERS[NUM_POOLS - self.num_pools:]
+    first = NUM_POOLS - self.num_pools + 1  # Layer names follow Table 11's numbering.
     self.blocks = [mm_layers.ConvBlock(scaled(f, width), strides=2, transpose=True,
                                        name=f"deconv{i}")
-                   for i, f in enumerate(UPSAMPLING_FILTERS, start=1)]
+                   for i, f in enumerate(filters, start=first)]
     self.head = keras.layers.Conv2DTranspose(self.modality.channels, 3, strides=2,
                                              padding="same", name="head", dtype="float32")
 
@@ -265,7 +295,8 @@ class UpsamplingDecoder(keras.Model):
 
   def get_config(self):
     config = super().get_config()
-    config.update(modality=self.modality.to_config(), width=self.width)
+    config.update(modality=self.modality.to_config(), width=self.width,
+                  num_pools=self.num_pools)
     return config
 
   @classmethod
@@ -274,7 +305,7 @@ class UpsamplingDecoder(keras.Model):
 
 
 def build_decoder(modality, width=1.0, side_information="switches",
-                  unpool_implementation="fused", **kwargs):
+                  unpool_implementation="fused", num_pools=NUM_POOLS, **kwargs):
   """The decoder a modality's description asks for.
 
   `Modality.decoder_uses_switches` chooses the SegNet decoder (driven by the source's
@@ -282,8 +313,9 @@ def build_decoder(modality, width=1.0, side_information="switches",
   """
   modality = _modality(modality)
   if modality.decoder_uses_switches:
-    return SegNetDecoder(modality, width, side_information, unpool_implementation, **kwargs)
-  return UpsamplingDecoder(modality, width, **kwargs)
+    return SegNetDecoder(modality, width, side_information, unpool_implementation,
+                         num_pools=num_pools, **kwargs)
+  return UpsamplingDecoder(modality, width, num_pools=num_pools, **kwargs)
 
 
 class PatchDiscriminator(keras.Model):

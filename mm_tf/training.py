@@ -98,7 +98,7 @@ def test_dataset(config, batch_size=None):
 def build_model(config) -> mm_model.MixAndMatchNetworks:
   """The `MixAndMatchNetworks` (or the oracle's) of a config, built at image_size."""
   spec = dataset_spec(config)
-  modalities = list(spec.modalities)
+  modalities = model_modalities(config)
   streams = spec.streams
   anchor = "rgb"
   encoder_batch_norm = {}
@@ -115,8 +115,31 @@ def build_model(config) -> mm_model.MixAndMatchNetworks:
       side_information=config.side_information, noise_std=config.noise_std,
       stages=config.stages(), image_size=config.image_size,
       unpool_implementation=config.unpool_implementation,
-      encoder_batch_norm=encoder_batch_norm)
+      encoder_batch_norm=encoder_batch_norm, num_pools=config.num_pools)
   return model
+
+
+def model_modalities(config):
+  """The dataset's modality descriptions, with class weights if --class_balancing asks."""
+  modalities = list(dataset_spec(config).modalities)
+  if config.class_balancing == "median_frequency":
+    modalities = [m.with_median_frequency_weights(class_pixel_counts(config, m))
+                  if m.is_categorical else m for m in modalities]
+  return modalities
+
+
+def class_pixel_counts(config, modality, batches=50) -> np.ndarray:
+  """Labelled pixels per class of `modality` in `batches` training batches (void excluded)."""
+  counts = np.zeros(modality.num_classes, np.int64)
+  for batch in train_dataset(config, seed_offset=7777).take(batches):
+    for stream in batch.values():
+      if modality.name in stream:
+        labels = np.asarray(stream[modality.name]).ravel()
+        labels = labels[(labels >= 0) & (labels < modality.num_classes)]
+        counts += np.bincount(labels, minlength=modality.num_classes)
+  logging.info("%s class pixel counts %s (%s)", modality.name, counts.tolist(),
+               ", ".join(modality.class_names))
+  return counts
 
 
 def load_vgg16_into_rgb_encoder(model, path: str):
@@ -409,7 +432,11 @@ def train_stage(model, config, stage, strategy, writer, probe_batch, restore: bo
   ]
   start = time.time()
   model.fit(data, steps_per_epoch=remaining, epochs=1, callbacks=callbacks, verbose=0)
-  if checkpointer.last_saved != spec.steps:
+  if config.batch_norm_recalibration_batches > 0:
+    # Before the stage's final checkpoint, so a resumed run finds the recalibrated values.
+    model.recalibrate_batch_norm(data.take(config.batch_norm_recalibration_batches))
+    checkpointer.save(spec.steps)
+  elif checkpointer.last_saved != spec.steps:
     checkpointer.save(spec.steps)
   elapsed = time.time() - start
   print(f"Stage {stage}: {remaining} steps in {elapsed:.1f} s "

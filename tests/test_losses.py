@@ -49,6 +49,39 @@ class CrossEntropyTest(tf.test.TestCase):
     self.assertAllClose(losses.cross_entropy(tf.zeros([1, 2, 2, 3]),
                                              tf.fill([1, 2, 2], 255)), [0.0])
 
+  def test_class_weights_scale_each_pixel_by_its_label(self):
+    logits = tf.constant([[[[2.0, 0.0], [0.0, 0.0], [5.0, -5.0]]]])
+    labels = tf.constant([[[0, 1, 255]]])
+    ce0 = -np.log(np.exp(2) / (np.exp(2) + 1))
+    ce1 = np.log(2.0)
+    self.assertAllClose(losses.cross_entropy(logits, labels, class_weights=(0.5, 4.0)),
+                        [(0.5 * ce0 + 4.0 * ce1) / 2], rtol=1e-6)
+    weighted = modalities.segmentation(("a", "b"), ((0, 0, 0), (9, 9, 9))).replace(
+        class_weights=(0.5, 4.0))
+    self.assertAllClose(losses.reconstruction(weighted, logits, labels),
+                        [(0.5 * ce0 + 4.0 * ce1) / 2], rtol=1e-6)
+
+
+class ClassWeightTest(tf.test.TestCase):
+
+  def test_median_frequency_weights(self):
+    seg = modalities.get("segmentation")
+    weighted = seg.with_median_frequency_weights([100, 200, 400, 400, 0])
+    # Frequencies .1 .2 .4 .4 (median of the present classes .3); the absent class gets
+    # the largest present weight.
+    self.assertAllClose(weighted.class_weights, [3.0, 1.5, 0.75, 0.75, 3.0])
+    self.assertEqual(modalities.Modality.from_config(weighted.to_config()), weighted)
+    self.assertEqual(seg.class_weights, ())
+
+  def test_bad_weights_are_refused(self):
+    seg = modalities.get("segmentation")
+    with self.assertRaisesRegex(ValueError, "class_weights must be 5 positive"):
+      seg.replace(class_weights=(1.0, 2.0))
+    with self.assertRaisesRegex(ValueError, "class_weights must be"):
+      modalities.get("depth").replace(class_weights=(1.0,))
+    with self.assertRaisesRegex(ValueError, "class pixel counts"):
+      seg.with_median_frequency_weights([0, 0, 0, 0, 0])
+
 
 class LatentAndGanTest(tf.test.TestCase):
 

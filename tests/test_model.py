@@ -302,3 +302,77 @@ class DistributionTest(tf.test.TestCase):
 
 if __name__ == "__main__":
   tf.test.main()
+
+
+class PoolingLevelsTest(tf.test.TestCase, parameterized.TestCase):
+
+  @parameterized.parameters(1, 3, 4, 5)
+  def test_latent_resolution_and_translation_shapes(self, num_pools):
+    model = make_model(num_pools=num_pools)
+    latent, switches = model.encode("depth", tf.zeros([2, SIZE, SIZE, 1]))
+    self.assertEqual(latent.shape[1:3], (SIZE // 2**num_pools,) * 2)
+    self.assertLen(switches, num_pools)
+    self.assertEqual(model.size_multiple, 2**num_pools)
+    for target, channels in (("segmentation", 5), ("rgb", 3), ("depth", 1)):
+      self.assertEqual(model.translate("depth", target, tf.zeros([2, SIZE, SIZE, 1])).shape,
+                       (2, SIZE, SIZE, channels))
+
+  def test_sizes_follow_num_pools(self):
+    model = make_model(num_pools=3, image_size=None)
+    # 40 is a multiple of 8 (three pools) but not of 32.
+    self.assertEqual(model.translate("depth", "segmentation", tf.zeros([1, 40, 40, 1])).shape,
+                     (1, 40, 40, 5))
+    with self.assertRaisesRegex(ValueError, "multiples of 8"):
+      model.translate("depth", "segmentation", tf.zeros([1, 36, 36, 1]))
+    with self.assertRaisesRegex(ValueError, "num_pools must be between 1 and 5"):
+      make_model(num_pools=6)
+
+  def test_get_config_round_trip_keeps_num_pools(self):
+    model = make_model(num_pools=4)
+    clone = mm_model.MixAndMatchNetworks.from_config(model.get_config())
+    self.assertEqual(clone.num_pools, 4)
+    for network in [model.encoders["depth"], model.decoders["segmentation"],
+                    model.decoders["rgb"]]:
+      copy = type(network).from_config(network.get_config())
+      self.assertEqual(copy.get_config(), network.get_config())
+      self.assertEqual(copy.num_pools, 4)
+
+
+class BatchNormRecalibrationTest(tf.test.TestCase):
+
+  def test_inference_matches_training_mode_after_recalibration(self):
+    keras.utils.set_random_seed(3)
+    model = make_model()
+    batch = structured_batch()
+    train_steps(model, batch, stage=1, steps=3, learning_rate=1e-2)
+    rgb = batch["rgb+segmentation"]["rgb"]
+    both_rgb = tf.concat([rgb, batch["rgb+depth+nir"]["rgb"]], axis=0)
+    encoder = model.encoders["rgb"]
+
+    def latent_gap():
+      training, _ = encoder(both_rgb, training=True)
+      inference, _ = encoder(both_rgb, training=False)
+      return float(tf.norm(training - inference) / tf.norm(training))
+
+    # Calling in training mode moves the statistics a little: keep them as they are.
+    saved = [v.numpy().copy() for v in encoder.non_trainable_variables]
+    gap_before = latent_gap()
+    for variable, value in zip(encoder.non_trainable_variables, saved):
+      variable.assign(value)
+    self.assertEqual(model.recalibrate_batch_norm([batch, batch]), 2)
+    # The RGB encoder saw one batch of every stream's RGB images: its statistics are now
+    # exactly that batch's, so inference mode reproduces training mode.
+    self.assertLess(latent_gap(), 1e-3)
+    self.assertGreater(gap_before, 1e-2)
+
+  def test_frozen_modules_keep_their_statistics(self):
+    model = make_model()
+    batch = structured_batch()
+    model.set_stage(2)  # Freezes the RGB encoder.
+    frozen = snapshot(model.encoders["rgb"])
+    trained = snapshot(model.decoders["segmentation"])
+    model.recalibrate_batch_norm([batch])
+    self.assertFalse(moved(frozen, model.encoders["rgb"]))
+    self.assertTrue(moved(trained, model.decoders["segmentation"]))
+    self.assertEqual([layer.momentum for layer in model.decoders["segmentation"]._flatten_layers()
+                      if isinstance(layer, keras.layers.BatchNormalization)][:1], [0.99])
