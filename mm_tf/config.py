@@ -66,7 +66,7 @@ class ExperimentConfig:
   freeze_rgb_encoder: bool = True
   oracle_steps: int = -1
   with_oracle: bool = False
-  batch_norm_recalibration_batches: int = 20
+  batch_norm_recalibration_batches: int = 4
   class_balancing: str = "none"
   # Runtime.
   model_dir: str = "runs/synthetic_forest"

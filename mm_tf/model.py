@@ -540,7 +540,8 @@ class MixAndMatchNetworks(keras.Model):
     statistics; at its 200K steps per stage the lag does not matter.
 
     Args:
-      batches: An iterable of training batches (see `train_step`); 10-20 are plenty.
+      batches: An iterable of training batches (see `train_step`); a few are enough (the
+        moments are per channel, averaged over every pixel of every image).
 
     Returns:
       The number of batches used.
@@ -553,14 +554,13 @@ class MixAndMatchNetworks(keras.Model):
     momenta = [layer.momentum for layer in norms]
     sums = [[tf.zeros_like(layer.moving_mean), tf.zeros_like(layer.moving_variance)]
             for layer in norms]
-    forward = tf.function(lambda batch: self.compute_loss_terms(batch, spec),
-                          jit_compile=False)
     count = 0
     try:
       for layer in norms:
         layer.momentum = 0.0  # Each call then stores exactly its batch's moments.
       for batch in batches:
-        forward(batch)
+        # Eager: a few forward passes cost less than tracing the whole loss graph again.
+        self.compute_loss_terms(batch, spec)
         for total, layer in zip(sums, norms):
           total[0] += layer.moving_mean
           total[1] += layer.moving_variance
