@@ -21,7 +21,7 @@ setuptools.setup(
     version="0.1.0",
     description="Mix and match networks (M&MNets) for zero-pair cross-modal image translation",
     packages=setuptools.find_packages(include=["mm_tf", "mm_tf.*"]),
-    package_data={"mm_tf": ["data/*.json", "data/*.csv", "data/*.txt"]},
+    package_data={"mm_tf": ["data/*.json", "data/*.csv", "data/*.txt", "demo/static/*.html"]},
     python_requires=">=3.10",
     install_requires=[
         "tensorflow>=2.16,<2.23",
