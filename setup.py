@@ -13,6 +13,8 @@ Dependency choices (why each is here):
   * tensorflow-serving-api: TF Serving's own protos to write/verify models.config and to
     speak its request formats, rather than re-declaring them.
   * flask (werkzeug): the local TF-Serving-compatible REST server, instead of parsing HTTP.
+  * selenium (tests only): drives Debian's headless chromium + chromium-driver in the demo
+    page's browser tests (tests/test_demo.py); `.ci/run` installs those two apt packages.
 """
 import setuptools
 
@@ -36,6 +38,6 @@ setuptools.setup(
         "flask>=2.2,<4",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-xdist>=3"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "selenium>=4.11"],
     },
 )
