@@ -261,6 +261,33 @@ class DemoApiTest(tf.test.TestCase):
     self.assertEqual(len(answer["fusion"]), 4)
 
 
+class ExamplesTest(tf.test.TestCase):
+
+  def test_training_export_carries_test_scenes_of_freiburg_layout_datasets(self):
+    from mm_tf import config as mm_config  # pylint: disable=g-import-not-at-top
+    from mm_tf import training  # pylint: disable=g-import-not-at-top
+    config = mm_config.ExperimentConfig(data_dir="/data")
+    self.assertEqual(training._examples_dir(config), "/data/synthetic_forest")
+    self.assertEqual(training._examples_dir(config.replace(dataset="freiburg_forest")),
+                     "/data/freiburg_forest")
+    self.assertIsNone(training._examples_dir(config.replace(dataset="sun_rgbd")))
+
+  def test_write_examples_replaces_and_skips_incomplete_scenes(self):
+    root = self.get_temp_dir()
+    dataset = os.path.join(root, "data")
+    synthetic_forest.generate(dataset, num_train=2, num_test=3, image_size=32)
+    os.remove(os.path.join(dataset, "test", "nir_gray", synthetic_forest.scene_id("test", 0) + ".tif"))
+    export_dir = os.path.join(root, "export")
+    demo_examples.write_examples(export_dir, dataset, count=5)
+    ids = [e["id"] for e in demo_examples.list_examples(export_dir)]
+    self.assertEqual(ids, [synthetic_forest.scene_id("test", i) for i in (1, 2)])
+    demo_examples.write_examples(export_dir, dataset, count=1)
+    self.assertLen(demo_examples.list_examples(export_dir), 1)
+    self.assertEqual(sorted(os.listdir(os.path.join(export_dir, "examples"))),
+                     sorted([ids[0], "index.json"]))
+    self.assertEqual(demo_examples.list_examples(os.path.join(root, "nothing")), [])
+
+
 @unittest.skipIf(demo_browser.unavailable_reason(), demo_browser.unavailable_reason())
 class DemoBrowserTest(tf.test.TestCase):
   """The page in headless Chromium against a real server thread."""
