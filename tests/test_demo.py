@@ -9,7 +9,6 @@ chromedriver or Selenium is missing; `.ci/run` installs them.
 import base64
 import io
 import os
-import re
 import tempfile
 import threading
 import unittest

@@ -111,11 +111,10 @@ def decode_upload(manifest: Mapping, modality: str, data: bytes, filename: str):
                       f"{MAX_UPLOAD_BYTES // 2**20} MiB.")
   notes = []
   try:
-    with Image.open(io.BytesIO(data)) as header:
+    with Image.open(io.BytesIO(data)) as header:  # Reads the header only.
       file_format, mode = header.format, header.mode
-  except Exception as e:  # Not an image PIL knows: the reader's message says so.
-    file_format = mode = None
-    del e
+  except Exception:  # pylint: disable=broad-except
+    file_format = mode = None  # Not an image PIL knows: the reader says so below.
   if file_format is not None and file_format not in formats:
     raise UploadError(f"{name} is a {file_format} image; the {modality} slot takes a {what}.")
   reader = freiburg_forest.READERS[modality]
@@ -132,17 +131,13 @@ def decode_upload(manifest: Mapping, modality: str, data: bytes, filename: str):
     notes.append("8-bit depth read as relative depth (value x 40/255 m)" if mode == "L"
                  else "16-bit depth read as millimetres")
   if entry.get("categorical"):
-    void = float(np.mean(array == common_void(entry)))
+    void = float(np.mean(array == int(entry.get("void_label", 255))))
     if void == 1.0:
       raise UploadError(f"{name} has no colour of the dataset palette; expected a "
                         f"{what} (see the legend).")
     if void > 0:
       notes.append(f"{100 * void:.0f}% of pixels are not palette colours (void)")
   return array, notes
-
-
-def common_void(entry: Mapping) -> int:
-  return int(entry.get("void_label", 255))
 
 
 def to_model_input(modality_entry: Mapping, array: np.ndarray) -> np.ndarray:
@@ -231,7 +226,7 @@ class RegistryClient(serving_client.ServingClient):
     try:
       outputs = loaded.signatures[signature_name](**tensors)
     except (tf.errors.InvalidArgumentError, ValueError, TypeError) as e:
-      raise serving_client.ServingRequestError(str(e).splitlines()[0], 400) from e
+      raise serving_client.ServingRequestError(str(e)[:500], 400) from e
     return {name: tensor.numpy() for name, tensor in outputs.items()}
 
 
@@ -306,7 +301,7 @@ class Translator:
         results.append({
             "source": source, "target": target,
             "kind": translation_kind(self.manifest, source, target),
-            "image": self.pictures.data_url(target, self.output(target, translation)),
+            "image": self.pictures.data_url(target, first_picture(translation)),
             "latency_ms": {"encoder": _ms(encode_s), "decoder": _ms(decode_s),
                            "total": _ms(encode_s + decode_s)},
         })
@@ -328,16 +323,15 @@ class Translator:
       results.append({
           "target": target, "sources": sources,
           "weights": {s: round(float(used[s]), 3) for s in sources},
-          "image": self.pictures.data_url(target, self.output(target, translation)),
+          "image": self.pictures.data_url(target, first_picture(translation)),
           "latency_ms": {"total": _ms(elapsed)},
       })
     return results
 
-  def output(self, target, translation) -> np.ndarray:
-    """One picture's raw array from a decoded batch of one."""
-    if translation.labels is not None:
-      return translation.labels[0]
-    return translation.image[0]
+
+def first_picture(translation) -> np.ndarray:
+  """The raw array of a decoded batch of one: labels for segmentation, else the image."""
+  return (translation.labels if translation.labels is not None else translation.image)[0]
 
 
 # ---------------------------------------------------------------- pictures
