@@ -6,9 +6,11 @@ read the pictures back from the page. They skip (with the reason) only where Chr
 chromedriver or Selenium is missing; `.ci/run` installs them.
 """
 
+import atexit
 import base64
 import io
 import os
+import shutil
 import tempfile
 import threading
 import unittest
@@ -52,13 +54,22 @@ _SETUP = {}
 
 
 def setup_export():
-  """The shared exported fixture model, plus two synthetic test scenes as examples."""
+  """A copy of the shared exported fixture model, plus two synthetic test scenes as examples.
+
+  A copy, so the shared export dir (which other test modules inspect) stays as export left
+  it; without models.config (absolute paths to the original) the server finds the models
+  in the copy's sub-directories.
+  """
   if not _SETUP:
-    model, export_dir, _ = serving_fixture.exported()
-    if not demo_examples.list_examples(export_dir):
-      dataset = tempfile.mkdtemp(prefix="mm_tf_demo_data_")
-      synthetic_forest.generate(dataset, num_train=2, num_test=2, image_size=SIZE, seed=3)
-      demo_examples.write_examples(export_dir, dataset, count=2)
+    model, shared_dir, _ = serving_fixture.exported()
+    root = tempfile.mkdtemp(prefix="mm_tf_demo_test_")
+    atexit.register(shutil.rmtree, root, True)
+    export_dir = os.path.join(root, "serving")
+    shutil.copytree(shared_dir, export_dir)
+    os.remove(os.path.join(export_dir, "models.config"))
+    dataset = os.path.join(root, "data")
+    synthetic_forest.generate(dataset, num_train=2, num_test=2, image_size=SIZE, seed=3)
+    demo_examples.write_examples(export_dir, dataset, count=2)
     _SETUP.update(model=model, export_dir=export_dir,
                   registry=serve.ModelRegistry.from_export_dir(export_dir))
   return _SETUP
