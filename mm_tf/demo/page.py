@@ -31,7 +31,7 @@ STATIC_PAGE = "index.html"
 
 
 def _page_html() -> str:
-  return resources.files("mm_tf.demo").joinpath("static", STATIC_PAGE).read_text("utf-8")
+  return resources.files("mm_tf.demo").joinpath("static").joinpath(STATIC_PAGE).read_text("utf-8")
 
 
 class _State:
