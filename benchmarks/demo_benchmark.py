@@ -16,6 +16,7 @@ from the file input's change event to every result picture decoded) and of the s
 share (decoding, resizing, every translation, PNG encoding).
 """
 
+import base64
 import io
 import os
 import sys
@@ -39,6 +40,7 @@ from mm_tf.model import MixAndMatchNetworks  # pylint: disable=wrong-import-posi
 from tests import demo_browser  # pylint: disable=wrong-import-position
 
 FLAGS = flags.FLAGS
+SCREENSHOT_WIDTH = 1024
 flags.DEFINE_string("export_dir", None, "An existing export (default: export a random model).")
 flags.DEFINE_float("width", 0.125, "Network width of the random model (0.125 = the synthetic "
                    "default).")
@@ -164,10 +166,13 @@ def main(argv):
             "const s = document.getElementById('fusion-weight'); s.value = arguments[0];"
             "s.dispatchEvent(new Event('input'));", FLAGS.screenshot_weight)
         time.sleep(2.0)
-      height = page.driver.execute_script("return document.documentElement.scrollHeight")
-      page.driver.set_window_size(1400, height + 40)
+      page.driver.set_window_size(SCREENSHOT_WIDTH, 1000)
       time.sleep(0.5)
-      png = page.driver.get_screenshot_as_png()
+      height = page.driver.execute_script("return document.documentElement.scrollHeight")
+      shot = page.driver.execute_cdp_cmd("Page.captureScreenshot", {
+          "format": "png", "captureBeyondViewport": True,
+          "clip": {"x": 0, "y": 0, "width": SCREENSHOT_WIDTH, "height": height, "scale": 1}})
+      png = base64.b64decode(shot["data"])
       Image.open(io.BytesIO(png)).convert("RGB").save(FLAGS.screenshot, optimize=True)
       print(f"Screenshot: {FLAGS.screenshot}")
   finally:
