@@ -13,6 +13,8 @@ Dependency choices (why each is here):
   * tensorflow-serving-api: TF Serving's own protos to write/verify models.config and to
     speak its request formats, rather than re-declaring them.
   * flask (werkzeug): the local TF-Serving-compatible REST server, instead of parsing HTTP.
+  * selenium (tests only): drives Debian's headless chromium + chromium-driver in the demo
+    page's browser tests (tests/test_demo.py); `.ci/run` installs those two apt packages.
 """
 import setuptools
 
@@ -21,7 +23,7 @@ setuptools.setup(
     version="0.1.0",
     description="Mix and match networks (M&MNets) for zero-pair cross-modal image translation",
     packages=setuptools.find_packages(include=["mm_tf", "mm_tf.*"]),
-    package_data={"mm_tf": ["data/*.json", "data/*.csv", "data/*.txt"]},
+    package_data={"mm_tf": ["data/*.json", "data/*.csv", "data/*.txt", "demo/static/*.html"]},
     python_requires=">=3.10",
     install_requires=[
         "tensorflow>=2.16,<2.23",
@@ -36,6 +38,6 @@ setuptools.setup(
         "flask>=2.2,<4",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-xdist>=3"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "selenium>=4.11"],
     },
 )

@@ -305,6 +305,9 @@ def build_manifest(model, wire_format, version, include_multimodal=True):
       "image_size": int(model.image_size),
       "size_multiple": model.size_multiple,
       "anchor": model.anchor,
+      # Training streams and the translations they pair (the rest are zero-pair).
+      "streams": [list(s) for s in model.streams],
+      "seen_translations": [translation_signature_name(s, t) for s, t in model.seen_translations],
       "side_information": model.side_information,
       "latent": {"name": LATENT_KEY, "channels": wire_format.latent_channels,
                  "dtype": "float32", "downsampling": model.size_multiple},
@@ -504,6 +507,10 @@ def _define_flags():
                       "export_dir as TF Serving sees it, for models.config (e.g. /models/mmnet "
                       "in Docker). Default: the absolute export_dir.")
   flags.DEFINE_bool("multimodal", True, "Add multimodal signatures to the mmnet model.")
+  flags.DEFINE_string("examples_from", None, "Dataset directory in the Freiburg layout (e.g. "
+                      "data/synthetic_forest): copy a few test scenes into <export_dir>/examples "
+                      "for the demo page of mm_tf.serve.")
+  flags.DEFINE_integer("num_examples", 4, "Test scenes copied by --examples_from.")
   flags.mark_flag_as_required("model_dir")
 
 
@@ -514,6 +521,10 @@ def main(argv):
   paths = export_model(model, FLAGS.export_dir, FLAGS.version,
                        include_multimodal=FLAGS.multimodal,
                        serving_base_path=FLAGS.serving_base_path)
+  if FLAGS.examples_from:
+    from mm_tf.demo import examples  # pylint: disable=g-import-not-at-top
+    paths["examples"] = examples.write_examples(FLAGS.export_dir, FLAGS.examples_from,
+                                                FLAGS.num_examples)
   for name, path in paths.items():
     print(f"{name}: {path}")
 

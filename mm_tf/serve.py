@@ -312,6 +312,9 @@ def create_app(registry: ModelRegistry) -> flask.Flask:
       return predict(loaded, body)
     raise ServingError(f"Malformed request: {method} /v1/models/{path}", 404)
 
+  from mm_tf.demo import page as demo_page  # pylint: disable=g-import-not-at-top
+  demo_page.register(flask_app, registry)  # The demo page at / (docs/serving.md).
+
   @flask_app.route("/v1/models/<path:path>", methods=["GET", "POST"])
   def models(path):
     return _json_response(route(path, flask.request.method))
@@ -370,6 +373,7 @@ def main(argv):
     print(f"model {name}: versions {registry.versions(name)}")
   # Printed (and flushed) so scripts that pass --port 0 can read the port.
   print(f"Serving on http://{FLAGS.host}:{server.port}/v1/models/<name>", flush=True)
+  print(f"Demo page: http://{FLAGS.host}:{server.port}/", flush=True)
   try:
     server.serve_forever()
   except KeyboardInterrupt:

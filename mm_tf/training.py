@@ -528,7 +528,7 @@ def run_training(config: mm_config.ExperimentConfig, flags_text: Optional[str] =
     print(f"Evaluation: {os.path.join(eval_dir, 'results.md')}", flush=True)
   if config.export and not config.oracle:
     start = time.time()
-    export_model(config.model_dir)
+    export_model(config.model_dir, examples_from=_examples_dir(config))
     timings["export_s"] = time.time() - start
   timings["total_s"] = time.time() - run_start
   with open(os.path.join(config.model_dir, "timings.json"), "w") as f:
@@ -537,7 +537,16 @@ def run_training(config: mm_config.ExperimentConfig, flags_text: Optional[str] =
   return config.model_dir
 
 
-def export_model(model_dir):
+def _examples_dir(config):
+  """The dataset directory whose test scenes the export carries for the demo page (Freiburg
+  layout only: the synthetic forest and Freiburg Forest), else None."""
+  spec = dataset_spec(config)
+  if spec.builder_name != "freiburg_forest":
+    return None
+  return os.path.join(config.data_dir, spec.source_dir)
+
+
+def export_model(model_dir, examples_from=None):
   """Runs `python -m mm_tf.export --model_dir` if mm_tf.export exists (ISSUE 5)."""
   try:
     import importlib.util  # pylint: disable=g-import-not-at-top
@@ -549,6 +558,8 @@ def export_model(model_dir):
     return
   command = [sys.executable, "-m", "mm_tf.export", f"--model_dir={model_dir}",
              f"--export_dir={os.path.join(model_dir, 'export')}"]
+  if examples_from and os.path.isdir(examples_from):
+    command.append(f"--examples_from={examples_from}")
   result = subprocess.run(command, check=False)
   if result.returncode:
     print(f"Export failed (exit {result.returncode}): {' '.join(command)}", flush=True)

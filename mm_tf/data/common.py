@@ -25,34 +25,54 @@ class BadExampleError(ValueError):
   """An input file is missing, unreadable or inconsistent with its example."""
 
 
-def read_image(path: str, what: str) -> np.ndarray:
+def read_image(source, what: str, name: Optional[str] = None) -> np.ndarray:
   """Reads an image file into a numpy array (PIL modes kept: uint8, uint16, int32, float).
 
   Args:
-    path: File to read.
+    source: Path of the file to read, or a binary file object (an upload).
     what: What the file should be, for the error message (e.g. "8- or 16-bit depth PNG").
+    name: How to call the file in messages (default: the path).
 
   Raises:
     BadExampleError: missing or unreadable file (the message names it).
   """
-  if not os.path.exists(path):
-    raise BadExampleError(f"Missing file {path}: expected {what}.")
+  is_path = isinstance(source, (str, os.PathLike))
+  name = name or (str(source) if is_path else "the file")
+  if is_path and not os.path.exists(source):
+    raise BadExampleError(f"Missing file {name}: expected {what}.")
   try:
-    with Image.open(path) as image:
+    with Image.open(source) as image:
       image.load()
       if image.mode in ("P", "PA", "RGBA", "LA", "CMYK", "YCbCr", "1"):
         image = image.convert("RGB" if image.mode not in ("LA", "1") else "L")
       array = np.asarray(image)
+  except Image.UnidentifiedImageError as e:
+    raise BadExampleError(f"Cannot read {name} (expected {what}): not an image file in a "
+                          "format PIL knows.") from e
   except Exception as e:  # PIL raises many types for corrupt files.
-    raise BadExampleError(f"Cannot read {path} (expected {what}): {type(e).__name__}: {e}") from e
+    raise BadExampleError(f"Cannot read {name} (expected {what}): {type(e).__name__}: {e}") from e
   if array.ndim not in (2, 3) or array.size == 0:
-    raise BadExampleError(f"{path} has shape {array.shape}; expected {what}.")
+    raise BadExampleError(f"{name} has shape {array.shape}; expected {what}.")
   return array
 
 
 def first_channel(array: np.ndarray) -> np.ndarray:
   """Gray images sometimes come as 3-channel files: keep one channel, [H, W]."""
   return array[..., 0] if array.ndim == 3 else array
+
+
+# Channels of a gray image saved as colour may differ this much (8-bit steps) after JPEG.
+GRAY_TOLERANCE = 2
+
+
+def gray_channel(array: np.ndarray, name: str, what: str, strict: bool = False) -> np.ndarray:
+  """`first_channel`; with `strict`, a colour image (channels that differ) is an error."""
+  if strict and array.ndim == 3 and array.shape[-1] > 1:
+    spread = array.astype(np.float64).max(axis=-1) - array.astype(np.float64).min(axis=-1)
+    if spread.max(initial=0) > GRAY_TOLERANCE:
+      raise BadExampleError(f"{name} is a colour image ({array.shape[-1]} different channels); "
+                            f"expected {what} with one channel.")
+  return first_channel(array)
 
 
 def resize_nearest(array: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -52,29 +52,35 @@ exist (the archive's `freiburg_forest_annotated/` directory may also be kept as
 """
 
 
-def colour_to_label_lut() -> dict:
-  """Packed RGB (r << 16 | g << 8 | b) -> label, Tree merged into Vegetation."""
+def colour_to_label_lut(palette=None) -> dict:
+  """Packed RGB (r << 16 | g << 8 | b) -> label.
+
+  Default: the Freiburg palette with Tree merged into Vegetation; another `palette` (a
+  list of RGB colours, index = label) maps its own colours only.
+  """
+  freiburg = palette is None or tuple(map(tuple, palette)) == modalities.FREIBURG_PALETTE
   lut = {}
-  for label, (r, g, b) in enumerate(modalities.FREIBURG_PALETTE):
-    lut[(r << 16) | (g << 8) | b] = label
-  r, g, b = TREE_COLOUR
-  lut[(r << 16) | (g << 8) | b] = modalities.FREIBURG_CLASS_NAMES.index("vegetation")
+  for label, (r, g, b) in enumerate(modalities.FREIBURG_PALETTE if freiburg else palette):
+    lut.setdefault((int(r) << 16) | (int(g) << 8) | int(b), label)
+  if freiburg:
+    r, g, b = TREE_COLOUR
+    lut[(r << 16) | (g << 8) | b] = modalities.FREIBURG_CLASS_NAMES.index("vegetation")
   return lut
 
 
-def colours_to_labels(gt_rgb: np.ndarray) -> np.ndarray:
+def colours_to_labels(gt_rgb: np.ndarray, palette=None) -> np.ndarray:
   """uint8 GT_color image [H, W, 3] -> uint8 labels [H, W]; unknown colours -> void (255)."""
   gt = gt_rgb.astype(np.int64)
   packed = (gt[..., 0] << 16) | (gt[..., 1] << 8) | gt[..., 2]
   labels = np.full(packed.shape, modalities.VOID_LABEL, np.uint8)
-  for colour, label in colour_to_label_lut().items():
+  for colour, label in colour_to_label_lut(palette).items():
     labels[packed == colour] = label
   return labels
 
 
-def depth_gray_to_metres(raw: np.ndarray, path: str) -> np.ndarray:
+def depth_gray_to_metres(raw: np.ndarray, path: str, strict: bool = False) -> np.ndarray:
   """Decodes a depth_gray image: 16-bit = millimetres, 8-bit = 0..255 -> 0..40 m."""
-  raw = common.first_channel(raw)
+  raw = common.gray_channel(raw, path, "an 8- or 16-bit depth PNG", strict)
   if raw.dtype == np.uint8:
     return raw.astype(np.float32) * (DEPTH_8BIT_RANGE_M / 255.0)
   if np.issubdtype(raw.dtype, np.integer):
@@ -84,6 +90,53 @@ def depth_gray_to_metres(raw: np.ndarray, path: str) -> np.ndarray:
     return raw.astype(np.float32) / 1000.0
   raise common.BadExampleError(f"{path}: unsupported depth dtype {raw.dtype}; expected an 8-bit "
                                "or 16-bit PNG.")
+
+
+# ---------------------------------------------------------------- one reader per file format
+# Each takes a path or a binary file object (`name` names it in errors) and returns raw file
+# units. `strict` (used for uploads, whose slot may be the wrong one) also rejects channel
+# counts the dataset's folders never hold: a gray image as RGB, a colour image as depth/NIR.
+def read_rgb(source, name=None, strict=False) -> np.ndarray:
+  """RGB JPEG/PNG -> uint8 [H, W, 3] (8-bit gray repeated unless `strict`)."""
+  name = name or str(source)
+  rgb = common.read_image(source, "an RGB JPEG/PNG", name)
+  if rgb.dtype != np.uint8:
+    raise common.BadExampleError(f"{name} has {rgb.dtype} pixels; expected an 8-bit RGB JPEG/PNG.")
+  if rgb.ndim == 2:
+    if strict:
+      raise common.BadExampleError(f"{name} has 1 channel (gray); expected an RGB image with 3.")
+    rgb = np.repeat(rgb[..., None], 3, axis=-1)
+  return rgb[..., :3]
+
+
+def read_depth(source, name=None, strict=False) -> np.ndarray:
+  """depth_gray PNG (16-bit millimetres or 8-bit relative) -> float32 metres [H, W], 0 = invalid."""
+  name = name or str(source)
+  return depth_gray_to_metres(common.read_image(source, "an 8- or 16-bit depth PNG", name), name,
+                              strict)
+
+
+def read_nir(source, name=None, strict=False) -> np.ndarray:
+  """nir_gray TIFF/PNG (8-bit, 16-bit or float) -> uint8 [H, W]."""
+  name = name or str(source)
+  raw = common.read_image(source, "a gray NIR TIFF/PNG", name)
+  return common.to_uint8_intensity(common.gray_channel(raw, name, "a gray NIR image", strict), name)
+
+
+def read_segmentation(source, name=None, strict=False, palette=None) -> np.ndarray:
+  """GT_color PNG in the Freiburg palette (or `palette`) -> uint8 labels [H, W]; other
+  colours are void."""
+  del strict  # An RGB file is required either way.
+  name = name or str(source)
+  gt = common.read_image(source, "an RGB GT_color PNG in the Freiburg palette", name)
+  if gt.ndim != 3 or gt.shape[-1] < 3:
+    raise common.BadExampleError(f"{name} is not an RGB image (shape {gt.shape}); "
+                                 "expected GT colours in the Freiburg palette.")
+  return colours_to_labels(gt[..., :3], palette)
+
+
+READERS = {"rgb": read_rgb, "depth": read_depth, "nir": read_nir,
+           "segmentation": read_segmentation}
 
 
 def find_root(manual_dir: str) -> str:
@@ -133,19 +186,11 @@ def read_example(split_dir: str, file_id: str, paths: dict) -> dict:
       raise common.BadExampleError(
           f"example {file_id!r} in {split_dir} has no {name} file: expected "
           f"{os.path.join(split_dir, sub, pattern.format(id=file_id))}.")
-  rgb = common.read_image(paths["rgb"], "an RGB JPEG/PNG")
-  if rgb.ndim == 2:
-    rgb = np.repeat(rgb[..., None], 3, axis=-1)
-  rgb = rgb[..., :3].astype(np.uint8)
+  rgb = read_rgb(paths["rgb"])
   height, width = rgb.shape[:2]
-  depth_m = depth_gray_to_metres(common.read_image(paths["depth"], "an 8- or 16-bit depth PNG"),
-                                 paths["depth"])
-  nir = common.to_uint8_intensity(common.read_image(paths["nir"], "a gray NIR TIFF"), paths["nir"])
-  gt = common.read_image(paths["segmentation"], "an RGB GT_color PNG in the Freiburg palette")
-  if gt.ndim != 3 or gt.shape[-1] < 3:
-    raise common.BadExampleError(f"{paths['segmentation']} is not an RGB image (shape {gt.shape}); "
-                                 "expected GT colours in the Freiburg palette.")
-  labels = colours_to_labels(gt[..., :3])
+  depth_m = read_depth(paths["depth"])
+  nir = read_nir(paths["nir"])
+  labels = read_segmentation(paths["segmentation"])
   return {
       "id": file_id,
       "scene_id": file_id,

@@ -172,7 +172,7 @@ def _raw_split(spec, data_dir, split, skip_bad_examples, stream_filter=None, cac
 
 
 # --------------------------------------------------------------------------- geometry
-def _resize(name: str, image, height, width):
+def resize_modality(name: str, image, height, width):
   """Resizes one raw modality ([H,W,C] or labels [H,W]) the way its values need."""
   size = tf.stack([height, width])
   if name == "segmentation":
@@ -229,7 +229,7 @@ def geometric_transform(example: Dict[str, tf.Tensor], image_size: int, seed=Non
     resized, top, left, flip = tf.constant(image_size), 0, 0, tf.constant(False)
   out = {}
   for name in names:
-    image = _resize(name, example[name], resized, resized)
+    image = resize_modality(name, example[name], resized, resized)
     image = image[top:top + image_size, left:left + image_size]
     image = tf.cond(flip, lambda im=image: tf.reverse(im, axis=[1]), lambda im=image: im)
     if name == "segmentation":
