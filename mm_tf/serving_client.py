@@ -145,7 +145,7 @@ class _RestTransport:
         outputs = {names[0]: outputs}
     else:
       predictions = response["predictions"]
-      if len(predictions) and isinstance(predictions[0], dict):
+      if len(names) > 1:  # Rows of {output: value}; a single output is its bare values.
         outputs = {name: [p[name] for p in predictions] for name in predictions[0]}
       else:
         outputs = {names[0]: predictions}
