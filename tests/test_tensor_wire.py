@@ -28,6 +28,16 @@ class TensorProtosTest(tf.test.TestCase, parameterized.TestCase):
     # Typed fields (what real TF Serving may answer with) are read too.
     self.assertAllEqual(tensor_protos.tensor_proto_to_array(tf.make_tensor_proto(array)), array)
 
+  def test_typed_fields_as_real_tf_serving_may_answer(self):
+    from tensorflow.core.framework import tensor_pb2  # pylint: disable=g-import-not-at-top
+    proto = tensor_pb2.TensorProto(dtype=1, float_val=[0.5, 1.5, 2.5, 3.5])
+    proto.tensor_shape.dim.add().size = 2
+    proto.tensor_shape.dim.add().size = 2
+    self.assertAllEqual(tensor_protos.tensor_proto_to_array(proto), [[0.5, 1.5], [2.5, 3.5]])
+    splat = tensor_pb2.TensorProto(dtype=3, int_val=[7])  # One value fills the shape.
+    splat.tensor_shape.dim.add().size = 3
+    self.assertAllEqual(tensor_protos.tensor_proto_to_array(splat), [7, 7, 7])
+
   def test_bad_input_gets_a_clear_error(self):
     with self.assertRaisesRegex(ValueError, "dtype .* is not supported"):
       tensor_protos.serialize_tensor(np.array(["a"]))
