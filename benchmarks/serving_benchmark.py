@@ -108,7 +108,7 @@ class Modes:
   """One callable per mode, each translating a depth batch to segmentation."""
 
   def __init__(self, export_dir, url, grpc_target, manifest):
-    load = lambda name: tf.saved_model.load(  # pylint: disable=g-long-lambda
+    load = lambda name: tf.saved_model.load(
         os.path.join(export_dir, name, "1")).signatures[export.SERVING_SIGNATURE]
     self.encoder, self.decoder = load("depth_encoder"), load("segmentation_decoder")
     self.clients = {
@@ -208,12 +208,12 @@ def _rest_bodies(client, size):
   """Valid and malformed REST requests: lists of (path, body bytes)."""
   depth = np.random.default_rng(1).uniform(0.5, 20, (1, size, size, 1)).astype(np.float32)
   encoded = client.encode("depth", depth)
-  b64 = lambda a: [{"b64": base64.b64encode(tensor_protos.serialize_tensor(x)).decode()}  # pylint: disable=g-long-lambda
+  b64 = lambda a: [{"b64": base64.b64encode(tensor_protos.serialize_tensor(x)).decode()}
                    for x in a]
   version = client.version
   encoder = f"/v1/models/depth_encoder/versions/{version}:predict"
   decoder = f"/v1/models/segmentation_decoder/versions/{version}:predict"
-  body = lambda inputs, signature="serving_default": json.dumps(  # pylint: disable=g-long-lambda
+  body = lambda inputs, signature="serving_default": json.dumps(
       {"signature_name": signature, "inputs": inputs}).encode()
   valid = [
       (encoder, body({"image_bytes": b64(depth)}, "serving_bytes")),
@@ -286,9 +286,9 @@ def load_run(protocol, url, grpc_target, manifest, pid, requests, concurrency, m
         return response.status
       finally:
         connection.close()
-    is_ok = lambda status: status == 200  # pylint: disable=unnecessary-lambda-assignment
-    is_server_error = lambda status: status >= 500  # pylint: disable=unnecessary-lambda-assignment
-    is_rejected = lambda status: 400 <= status < 500  # pylint: disable=unnecessary-lambda-assignment
+    is_ok = lambda status: status == 200
+    is_server_error = lambda status: status >= 500
+    is_rejected = lambda status: 400 <= status < 500
   else:
     import grpc  # pylint: disable=g-import-not-at-top
     valid, malformed = _grpc_requests(client, size)
@@ -300,10 +300,10 @@ def load_run(protocol, url, grpc_target, manifest, pid, requests, concurrency, m
         return "OK"
       except grpc.RpcError as e:
         return e.code().name
-    is_ok = lambda status: status == "OK"  # pylint: disable=unnecessary-lambda-assignment
-    is_server_error = lambda status: status in ("INTERNAL", "UNKNOWN", "UNAVAILABLE",  # pylint: disable=g-long-lambda
+    is_ok = lambda status: status == "OK"
+    is_server_error = lambda status: status in ("INTERNAL", "UNKNOWN", "UNAVAILABLE",
                                                 "DATA_LOSS", "DEADLINE_EXCEEDED")
-    is_rejected = lambda status: status == "INVALID_ARGUMENT"  # pylint: disable=unnecessary-lambda-assignment
+    is_rejected = lambda status: status == "INVALID_ARGUMENT"
 
   plan = [(False, malformed[(i // every) % len(malformed)]) if (i + 1) % every == 0
           else (True, valid[i % len(valid)]) for i in range(requests)]
