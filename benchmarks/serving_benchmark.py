@@ -19,7 +19,7 @@ depth->segmentation per request (one batch), in these modes:
 
 Modes are interleaved (one call of each per round, `--repeats` timed rounds after a
 warm-up round) so background load hits all of them alike; the median and the best round
-are reported (on a shared machine the best round is the steadier estimate of the cost).
+are reported (compare medians: on a shared machine one lucky round can be 2x faster).
 Bytes are per image, as the client sent/received them (HTTP bodies, protobuf messages).
 
 The load run sends `--load_requests` requests from `--load_concurrency` threads to each
