@@ -15,6 +15,10 @@ Dependency choices (why each is here):
   * flask (werkzeug): the local TF-Serving-compatible REST server, instead of parsing HTTP.
   * selenium (tests only): drives Debian's headless chromium + chromium-driver in the demo
     page's browser tests (tests/test_demo.py); `.ci/run` installs those two apt packages.
+  * grpcio: TF Serving's gRPC API (PredictionService, ModelService) in the local server
+    and the client, from the stubs tensorflow-serving-api ships.
+  * orjson: writes numpy arrays straight to JSON (and parses the small rest of a request)
+    in the REST server and client, instead of tolist() + json, many times faster.
 """
 import setuptools
 
@@ -36,6 +40,8 @@ setuptools.setup(
         "tqdm>=4.60",
         "tensorflow-serving-api>=2.16,<2.23",
         "flask>=2.2,<4",
+        "grpcio>=1.60",
+        "orjson>=3.9",
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-xdist>=3", "selenium>=4.11"],

@@ -20,6 +20,11 @@ Serving contract (DESIGN.md), read from the modality descriptions, never from na
     (`mm_tf.layers.compact_switches`); the decoder graph rebuilds the int64 indices
     (`mm_tf.layers.expand_switches`). With side_information="skip" the side outputs are
     float32 `skip_1..skip_5`; with "none" there is only `latent`.
+  * encoders and decoders also have `serving_bytes`: the same computation with every input
+    and output `K` replaced by `K_bytes`, DT_STRING [B], each element the serialized
+    TensorProto (`tf.io.serialize_tensor`) of one example. TF Serving's REST API carries
+    DT_STRING tensors named `*_bytes` as {"b64": "..."}, so the encoder->decoder hop costs
+    base64 of the raw bytes instead of decimal numbers.
   * `mmnet` signatures: `<source>_to_<target>` (input `image`) for every ordered pair of
     distinct modalities, and `<a>_and_<b>[_and_<c>]_to_<target>` (one input per source,
     named after it) with the default fusion weights of `model.multimodal_weights`.
@@ -57,6 +62,10 @@ MANIFEST_FILE = "manifest.json"
 MODELS_CONFIG_FILE = "models.config"
 MMNET_MODEL = "mmnet"
 SERVING_SIGNATURE = "serving_default"
+# The same computation with every tensor as per-example serialized TensorProtos (DT_STRING
+# [B]); names end in `_bytes`, so TF Serving's REST API carries them as {"b64": ...}.
+BYTES_SIGNATURE = "serving_bytes"
+BYTES_SUFFIX = "_bytes"
 IMAGE_KEY = "image"
 LATENT_KEY = "latent"
 LABELS_KEY = "labels"
@@ -179,6 +188,42 @@ def _concrete(fn, specs):
   return tf.function(fn, autograph=False, jit_compile=False).get_concrete_function(**specs)
 
 
+def _parse_examples(serialized, spec):
+  """[B] serialized TensorProtos, one example each -> one [B, ...] tensor of `spec`."""
+  example_shape = spec.shape[1:]
+
+  def parse(one):
+    return tf.ensure_shape(tf.io.parse_tensor(one, spec.dtype), example_shape)
+  return tf.map_fn(parse, serialized,
+                   fn_output_signature=tf.TensorSpec(example_shape, spec.dtype))
+
+
+def _serialize_examples(batch):
+  """[B, ...] tensor -> [B] DT_STRING, each the serialized TensorProto of one example."""
+  return tf.map_fn(tf.io.serialize_tensor, batch, fn_output_signature=tf.string)
+
+
+def bytes_signature(concrete, input_specs):
+  """`concrete` with every input and output `K` carried as `K_bytes` (see BYTES_SIGNATURE).
+
+  Args:
+    concrete: A concrete function taking keyword tensors `input_specs` and returning a dict.
+    input_specs: `{name: tf.TensorSpec}` of its inputs, batch first.
+
+  Returns:
+    A concrete function with inputs `{name}_bytes` (DT_STRING [B]) and outputs
+    `{output}_bytes` (DT_STRING [B]).
+  """
+  def fn(**serialized):
+    inputs = {name: _parse_examples(serialized[name + BYTES_SUFFIX], spec)
+              for name, spec in input_specs.items()}
+    return {name + BYTES_SUFFIX: _serialize_examples(value)
+            for name, value in concrete(**inputs).items()}
+  return _concrete(fn, {name + BYTES_SUFFIX: tf.TensorSpec([None], tf.string,
+                                                           name=name + BYTES_SUFFIX)
+                        for name in input_specs})
+
+
 class _Signatures:
   """Concrete serving functions, each module traced once.
 
@@ -207,6 +252,14 @@ class _Signatures:
           lambda **wire: wire_format.decode(modality_name, wire),
           wire_format.decoder_input_specs())
     return self._decoders[modality_name]
+
+  def encoder_bytes(self, modality_name):
+    return bytes_signature(
+        self.encoder(modality_name),
+        {IMAGE_KEY: self.wire_format.encoder_input_spec(modality_name)})
+
+  def decoder_bytes(self, modality_name):
+    return bytes_signature(self.decoder(modality_name), self.wire_format.decoder_input_specs())
 
   def translation(self, source, target):
     encoder, decoder = self.encoder(source), self.decoder(target)
@@ -317,6 +370,17 @@ def build_manifest(model, wire_format, version, include_multimodal=True):
           "channel 4k+j in bits 2j..2j+1 of byte k; the decoder rebuilds the int64 index "
           "(y * 2w + x) * C + c in its graph (mm_tf.layers.expand_switches)"
           if model.side_information == "switches" else None),
+      "tensor_encodings": {
+          SERVING_SIGNATURE: "tensors as themselves: JSON numbers over REST, TensorProto "
+                             "over gRPC",
+          BYTES_SIGNATURE: (
+              f"encoders and decoders: every input/output K of {SERVING_SIGNATURE} becomes "
+              f"K{BYTES_SUFFIX}, DT_STRING [B]; element i is the serialized TensorProto "
+              "(tf.io.serialize_tensor / tf.io.parse_tensor; dtype, shape, little-endian "
+              "tensor_content) of example i, e.g. latent float32 [H/32, W/32, L]; over REST "
+              "each element is {\"b64\": base64(bytes)} (TF Serving's rule for DT_STRING "
+              "tensors named *_bytes)"),
+      },
       "modalities": modalities,
       "models": {
           **{encoder_model_name(m): {"kind": "encoder", "modality": m} for m in model.modalities},
@@ -458,9 +522,11 @@ def export_model(model, export_dir: str, version: Optional[int] = None,
   try:
     functions = _Signatures(wire_format)
     for m in names:
-      _save({SERVING_SIGNATURE: functions.encoder(m)},
+      _save({SERVING_SIGNATURE: functions.encoder(m),
+             BYTES_SIGNATURE: functions.encoder_bytes(m)},
             os.path.join(staging, encoder_model_name(m)), assets)
-      _save({SERVING_SIGNATURE: functions.decoder(m)},
+      _save({SERVING_SIGNATURE: functions.decoder(m),
+             BYTES_SIGNATURE: functions.decoder_bytes(m)},
             os.path.join(staging, decoder_model_name(m)), assets)
     if include_mmnet:
       signatures = {}

@@ -1,8 +1,10 @@
-"""A local server that speaks TF Serving's REST API for exported mm_tf SavedModels.
+"""A local server that speaks TF Serving's REST and gRPC APIs for exported mm_tf models.
 
 `tensorflow_model_server` cannot be installed on every machine (NOTES.md 5), so
-`python -m mm_tf.serve --export_dir export/serving --port 8501` loads the SavedModels of
-`mm_tf.export` with TensorFlow and answers the same requests, with the same JSON:
+`python -m mm_tf.serve --export_dir export/serving --port 8501 --grpc_port 8500` loads the
+SavedModels of `mm_tf.export` with TensorFlow and answers the same requests. gRPC
+(`PredictionService.Predict` / `GetModelMetadata`, `ModelService.GetModelStatus`, TF
+Serving's own stubs) is in `mm_tf.serve_grpc`; REST, with the same JSON as TF Serving:
 
   GET  /v1/models/NAME[/versions/N]              model version status
   GET  /v1/models/NAME[/versions/N]/metadata     signature defs
@@ -10,10 +12,19 @@
                                                  {"inputs": ...} (columnar format), with an
                                                  optional "signature_name"
 
-Errors come back as `{"error": "..."}` with TF Serving's HTTP codes: 400 for a bad request
-(malformed JSON, both or neither of instances/inputs, unknown signature or input, wrong
-dtype, shape or channel count, a failing in-graph check), 404 for an unknown model,
-version or URL, 500 for anything unexpected. A bad request never stops the server.
+DT_STRING tensors travel as TF Serving's REST API documents: an element `{"b64": "..."}`
+is base64-decoded on input, and outputs whose names end in `_bytes` are written as
+`{"b64": "..."}` (the `serving_bytes` signatures of `mm_tf.export`). Request bodies are
+parsed into numpy without Python lists of floats and responses written from numpy
+(`mm_tf.json_tensors`).
+
+Errors: every failure becomes a `ServingError` with a canonical status code in one place
+(`as_serving_error`); REST answers `{"error": "..."}` with the HTTP status TF Serving
+gives that code (INVALID_ARGUMENT 400, NOT_FOUND 404, INTERNAL 500, ...), gRPC aborts
+with the code itself and the same message. INVALID_ARGUMENT: malformed JSON, both or
+neither of instances/inputs, unknown signature or input, wrong dtype, shape or channel
+count, undecodable bytes, a failing in-graph check. NOT_FOUND: unknown model, version or
+URL. INTERNAL: anything unexpected. A bad request never stops the server.
 
 Models come from `<export_dir>/models.config` (parsed with TF Serving's protos; a model
 is looked up in `<export_dir>/<name>` when its `base_path` is a container path such as
@@ -22,12 +33,13 @@ TF Serving's default version policy, only the latest version of each model is se
 unless `--all_versions` is given. HTTP is Flask/Werkzeug (threaded).
 """
 
-import json
+import base64
+import binascii
 import logging
 import os
 import re
 import threading
-from typing import Dict, List, Optional
+from typing import Dict, List, Mapping, Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -37,8 +49,10 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
+from werkzeug import exceptions as werkzeug_exceptions
 
 from mm_tf import export as mm_export
+from mm_tf import json_tensors
 
 PREDICT_METHOD = "tensorflow/serving/predict"
 _INT_RANGES = {tf.uint8: (0, 255), tf.int8: (-128, 127), tf.int16: (-2**15, 2**15 - 1),
@@ -46,12 +60,62 @@ _INT_RANGES = {tf.uint8: (0, 255), tf.int8: (-128, 127), tf.int16: (-2**15, 2**1
                tf.int64: (-2**63, 2**63 - 1)}
 
 
-class ServingError(Exception):
-  """An error with the HTTP code TF Serving gives it (400 invalid argument, 404 not found)."""
+# HTTP status of each canonical status code, as TF Serving's REST handler maps them.
+HTTP_STATUS = {
+    "OK": 200, "CANCELLED": 499, "UNKNOWN": 500, "INVALID_ARGUMENT": 400,
+    "DEADLINE_EXCEEDED": 504, "NOT_FOUND": 404, "ALREADY_EXISTS": 409,
+    "PERMISSION_DENIED": 403, "RESOURCE_EXHAUSTED": 429, "FAILED_PRECONDITION": 400,
+    "ABORTED": 409, "OUT_OF_RANGE": 400, "UNIMPLEMENTED": 501, "INTERNAL": 500,
+    "UNAVAILABLE": 503, "DATA_LOSS": 500, "UNAUTHENTICATED": 401,
+}
 
-  def __init__(self, message, status=400):
+
+class ServingError(Exception):
+  """A request failure with its canonical status code (gRPC's and TF's code names).
+
+  Attributes:
+    code: "INVALID_ARGUMENT", "NOT_FOUND", "INTERNAL", ... (a key of `HTTP_STATUS`).
+    status: The HTTP status REST answers with (`HTTP_STATUS[code]`).
+  """
+
+  def __init__(self, message, code="INVALID_ARGUMENT"):
+    if code not in HTTP_STATUS:
+      raise ValueError(f"Unknown status code {code!r}; use one of {sorted(HTTP_STATUS)}.")
     super().__init__(message)
-    self.status = status
+    self.code = code
+
+  @property
+  def status(self):
+    return HTTP_STATUS[self.code]
+
+
+def _graph_error_message(error):
+  """The informative lines of a TF runtime error (drops stack-trace boilerplate)."""
+  message = getattr(error, "message", None) or str(error)
+  noise = ("Graph execution error", "Detected at node", "<stack traces unavailable>", "[[{{")
+  lines = [l.strip() for l in message.splitlines()
+           if l.strip() and not l.strip().startswith(noise)]
+  return " ".join(lines) or repr(error)
+
+
+def as_serving_error(error: BaseException) -> ServingError:
+  """The one mapping from an exception to what REST and gRPC answer.
+
+  A `ServingError` is kept; a TensorFlow runtime error keeps its own canonical code (an
+  in-graph check of a request is INVALID_ARGUMENT) with the stack-trace noise dropped;
+  anything else is a server bug: logged, INTERNAL.
+  """
+  if isinstance(error, ServingError):
+    return error
+  if isinstance(error, tf.errors.OpError):
+    code = _OP_ERROR_CODES.get(error.error_code, "UNKNOWN")
+    return ServingError(_graph_error_message(error), code)
+  logging.error("Unexpected error while serving a request.", exc_info=error)
+  return ServingError(f"Internal error: {type(error).__name__}: {error}", "INTERNAL")
+
+
+_OP_ERROR_CODES = {getattr(tf.errors, name): name for name in HTTP_STATUS
+                   if name != "OK" and isinstance(getattr(tf.errors, name, None), int)}
 
 
 # ---------------------------------------------------------------- loaded models
@@ -74,15 +138,19 @@ class LoadedVersion:
     self.input_specs = {key: dict(fn.structured_input_signature[1])
                         for key, fn in self.signatures.items()}
 
-  def metadata(self):
-    """TF Serving's GetModelMetadata response body for this version."""
+  def signature_def_map(self):
+    """The `SignatureDefMap` proto that GetModelMetadata returns (REST and gRPC)."""
     signature_map = get_model_metadata_pb2.SignatureDefMap()
     for key, sig in self.signature_defs.items():
       signature_map.signature_def[key].CopyFrom(sig)
+    return signature_map
+
+  def metadata(self):
+    """TF Serving's REST GetModelMetadata response body for this version."""
     return {
         "model_spec": {"name": self.name, "signature_name": "", "version": str(self.version)},
         "metadata": {"signature_def": json_format.MessageToDict(
-            signature_map, preserving_proto_field_name=True)},
+            self.signature_def_map(), preserving_proto_field_name=True)},
     }
 
 
@@ -135,24 +203,129 @@ class ModelRegistry:
     return sorted(self._models.get(name, {}))
 
   def get(self, name, version: Optional[int] = None) -> LoadedVersion:
-    """The requested version (latest if None); ServingError 404 as TF Serving words it."""
+    """The requested version (latest if None); NOT_FOUND worded as TF Serving words it."""
     with self._lock:
       loaded = self._models.get(name)
       if version is None:
         if not loaded:
-          raise ServingError(f"Servable not found for request: Latest({name})", 404)
+          raise ServingError(f"Servable not found for request: Latest({name})",
+                             "NOT_FOUND")
         return loaded[max(loaded)]
       if not loaded or version not in loaded:
-        raise ServingError(f"Servable not found for request: Specific({name}, {version})", 404)
+        raise ServingError(f"Servable not found for request: Specific({name}, {version})",
+                           "NOT_FOUND")
       return loaded[version]
 
 
-# ---------------------------------------------------------------- JSON <-> tensors
+# ---------------------------------------------------------------- requests (REST and gRPC)
+def check_signature(loaded: LoadedVersion, signature_name: Optional[str]) -> str:
+  """The signature to run (`serving_default` if empty); INVALID_ARGUMENT if absent."""
+  signature_name = signature_name or mm_export.SERVING_SIGNATURE
+  if not isinstance(signature_name, str):
+    raise ServingError("'signature_name' must be a string.")
+  if signature_name not in loaded.signatures:
+    raise ServingError(f"Serving signature name: \"{signature_name}\" not found in signature "
+                       f"def (model {loaded.name} has: {', '.join(sorted(loaded.signatures))}).")
+  return signature_name
+
+
+def _check_input_names(specs, names):
+  if set(names) != set(specs):
+    raise ServingError(f"input size does not match signature: expected the inputs "
+                       f"{sorted(specs)}, got {sorted(names)}.")
+
+
+def _check_shape(array, spec, name):
+  expected = spec.shape
+  if expected.rank is not None and (array.ndim != expected.rank or not all(
+      e is None or e == a for e, a in zip(expected.as_list(), array.shape))):
+    shape = [-1 if d is None else d for d in expected.as_list()]
+    if (array.ndim == expected.rank and expected[-1] is not None
+        and array.shape[-1] != expected[-1]):
+      raise ServingError(f"input {name!r} has {array.shape[-1]} channels; this signature "
+                         f"expects {expected[-1]} (shape {shape}, -1 = any).")
+    raise ServingError(f"input {name!r}: expected shape {shape} (-1 = any; batch first), got "
+                       f"{list(array.shape)}.")
+
+
+def _numpy_dtype(spec):
+  return np.dtype(object) if spec.dtype == tf.string else np.dtype(spec.dtype.as_numpy_dtype)
+
+
+def run_predict(loaded: LoadedVersion, signature_name: str, arrays: Mapping[str, np.ndarray],
+                output_filter: Sequence[str] = ()) -> Dict[str, np.ndarray]:
+  """Checks typed inputs against a signature and runs it: the core of both front ends.
+
+  Args:
+    loaded: The model version.
+    signature_name: A signature of it (from `check_signature`).
+    arrays: `{input name: numpy array}`, already of the signature's dtypes (DT_STRING as
+      an object array of bytes).
+    output_filter: Output names to return (all if empty), as in gRPC's PredictRequest.
+
+  Returns:
+    `{output name: numpy array}`.
+
+  Raises:
+    ServingError: INVALID_ARGUMENT for any mismatch or failing in-graph check.
+  """
+  specs = loaded.input_specs[signature_name]
+  _check_input_names(specs, arrays)
+  for name, array in arrays.items():
+    expected = _numpy_dtype(specs[name])
+    if array.dtype != expected:
+      raise ServingError(f"input {name!r}: expects {specs[name].dtype.name} but "
+                         f"{array.dtype.name} is provided.")
+    _check_shape(array, specs[name], name)
+  batches = {array.shape[0] for array in arrays.values() if array.ndim}
+  if len(batches) > 1:
+    raise ServingError(f"All inputs must have the same batch size, got {sorted(batches)}.")
+  function = loaded.signatures[signature_name]
+  output_names = list(function.structured_outputs)
+  unknown = sorted(set(output_filter) - set(output_names))
+  if unknown:
+    raise ServingError(f"output tensor alias not found in signature: {', '.join(unknown)}. "
+                       f"Outputs expected to be in the set {sorted(output_names)}.")
+  try:
+    outputs = function(**{name: tf.constant(a) for name, a in arrays.items()})
+  except (ValueError, TypeError) as e:  # Arguments the concrete function rejects.
+    raise ServingError(_graph_error_message(e)) from e
+  wanted = set(output_filter) or set(output_names)
+  return {name: tensor.numpy() for name, tensor in outputs.items() if name in wanted}
+
+
+# ---------------------------------------------------------------- JSON <-> tensors (REST)
+def _string_leaves(value, where):
+  """Nested JSON strings / {"b64": ...} -> (flat list of bytes, shape)."""
+  if isinstance(value, list):
+    parts = [_string_leaves(v, where) for v in value]
+    shapes = {tuple(shape) for _, shape in parts}
+    if len(shapes) > 1:
+      raise ServingError(f"{where}: not a rectangular tensor (ragged lists).")
+    inner = list(shapes.pop()) if shapes else []
+    return [leaf for leaves, _ in parts for leaf in leaves], [len(value)] + inner
+  if isinstance(value, dict) and set(value) == {"b64"} and isinstance(value["b64"], str):
+    try:
+      return [base64.b64decode(value["b64"], validate=True)], []
+    except (binascii.Error, ValueError) as e:
+      raise ServingError(f"{where}: the \"b64\" value is not valid base64 ({e}).") from e
+  if isinstance(value, str):
+    return [value.encode("utf-8")], []
+  raise ServingError(f"{where}: expected strings or {{\"b64\": \"<base64>\"}} objects (DT_STRING), "
+                     f"got a JSON {type(value).__name__}.")
+
+
 def _to_array(value, spec, where):
   """JSON value -> numpy array of the spec's dtype, with TF-Serving-like messages."""
   dtype = spec.dtype
+  if dtype == tf.string:
+    leaves, shape = _string_leaves(value, where)
+    array = np.empty(len(leaves), dtype=object)
+    array[:] = leaves
+    return array.reshape(shape)
   try:
-    array = np.array(value)
+    # Large number arrays arrive as numpy already (json_tensors.loads); rows of them stack.
+    array = value if isinstance(value, np.ndarray) else np.array(value)
   except (ValueError, TypeError) as e:  # Ragged lists.
     raise ServingError(f"{where}: not a rectangular tensor ({e}).") from e
   if array.dtype == object:
@@ -170,29 +343,11 @@ def _to_array(value, spec, where):
   return array.astype(dtype.as_numpy_dtype)
 
 
-def _check_shape(array, spec, name):
-  expected = spec.shape
-  if expected.rank is not None and (array.ndim != expected.rank or not all(
-      e is None or e == a for e, a in zip(expected.as_list(), array.shape))):
-    shape = [-1 if d is None else d for d in expected.as_list()]
-    if (array.ndim == expected.rank and expected[-1] is not None
-        and array.shape[-1] != expected[-1]):
-      raise ServingError(f"input {name!r} has {array.shape[-1]} channels; this signature "
-                         f"expects {expected[-1]} (shape {shape}, -1 = any).")
-    raise ServingError(f"input {name!r}: expected shape {shape} (-1 = any; batch first), got "
-                       f"{list(array.shape)}.")
-
-
 def parse_predict_request(body, loaded: LoadedVersion):
   """Validates a predict body; returns (signature_name, {input: array}, row_format)."""
   if not isinstance(body, dict):
     raise ServingError("Expected a JSON object with 'instances' or 'inputs' key.")
-  signature_name = body.get("signature_name", mm_export.SERVING_SIGNATURE)
-  if not isinstance(signature_name, str):
-    raise ServingError("'signature_name' must be a string.")
-  if signature_name not in loaded.signatures:
-    raise ServingError(f"Serving signature name: \"{signature_name}\" not found in signature "
-                       f"def (model {loaded.name} has: {', '.join(sorted(loaded.signatures))}).")
+  signature_name = check_signature(loaded, body.get("signature_name"))
   specs = loaded.input_specs[signature_name]
   has_instances, has_inputs = "instances" in body, "inputs" in body
   if has_instances and has_inputs:
@@ -203,9 +358,9 @@ def parse_predict_request(body, loaded: LoadedVersion):
   arrays = {}
   if has_instances:
     instances = body["instances"]
-    if not isinstance(instances, list) or not instances:
+    if not isinstance(instances, (list, np.ndarray)) or not len(instances):
       raise ServingError("'instances' must be a non-empty list (one entry per example).")
-    if all(isinstance(i, dict) for i in instances):
+    if isinstance(instances, list) and all(isinstance(i, dict) for i in instances):
       columns = {}
       for index, instance in enumerate(instances):
         if set(instance) != set(specs):
@@ -213,7 +368,8 @@ def parse_predict_request(body, loaded: LoadedVersion):
                              f"{sorted(instance)}.")
         for name, value in instance.items():
           columns.setdefault(name, []).append(value)
-    elif len(specs) == 1 and not any(isinstance(i, dict) for i in instances):
+    elif len(specs) == 1 and (isinstance(instances, np.ndarray)
+                              or not any(isinstance(i, dict) for i in instances)):
       columns = {next(iter(specs)): instances}
     else:
       raise ServingError(f"Each instance must be an object with the inputs {sorted(specs)} "
@@ -223,55 +379,47 @@ def parse_predict_request(body, loaded: LoadedVersion):
   else:
     inputs = body["inputs"]
     if isinstance(inputs, dict):
-      if set(inputs) != set(specs):
-        raise ServingError(f"input size does not match signature: expected the inputs "
-                           f"{sorted(specs)}, got {sorted(inputs)}.")
+      _check_input_names(specs, inputs)
     elif len(specs) == 1:
       inputs = {next(iter(specs)): inputs}
     else:
       raise ServingError(f"'inputs' must be an object with the inputs {sorted(specs)}.")
     for name, value in inputs.items():
       arrays[name] = _to_array(value, specs[name], f"input {name!r}")
-  for name, array in arrays.items():
-    _check_shape(array, specs[name], name)
-  batches = {array.shape[0] for array in arrays.values() if array.ndim}
-  if len(batches) > 1:
-    raise ServingError(f"All inputs must have the same batch size, got {sorted(batches)}.")
   return signature_name, arrays, has_instances
 
 
-def _graph_error_message(error):
-  """The informative lines of a TF runtime error (drops stack-trace boilerplate)."""
-  message = getattr(error, "message", None) or str(error)
-  noise = ("Graph execution error", "Detected at node", "<stack traces unavailable>", "[[{{")
-  lines = [l.strip() for l in message.splitlines()
-           if l.strip() and not l.strip().startswith(noise)]
-  return " ".join(lines) or repr(error)
+def _json_output(name, array):
+  """An output as JSON content: numbers stay numpy (written by json_tensors.dumps)."""
+  if array.dtype != object:
+    return array
+  if name.endswith(mm_export.BYTES_SUFFIX):  # TF Serving's rule for binary outputs.
+    values = [{"b64": base64.b64encode(b).decode("ascii")} for b in array.reshape(-1)]
+  else:
+    values = [b.decode("utf-8", "replace") for b in array.reshape(-1)]
+  flat = np.empty(array.size, dtype=object)
+  flat[:] = values
+  return flat.reshape(array.shape).tolist()
 
 
 def predict(loaded: LoadedVersion, body):
-  """Runs a predict request body; returns the response body (a JSON-able dict)."""
+  """Runs a REST predict request body; returns the response body (json_tensors-able)."""
   signature_name, arrays, row_format = parse_predict_request(body, loaded)
-  function = loaded.signatures[signature_name]
-  try:
-    outputs = function(**{name: tf.constant(a) for name, a in arrays.items()})
-  except (tf.errors.InvalidArgumentError, ValueError, TypeError) as e:
-    raise ServingError(_graph_error_message(e)) from e
-  outputs = {name: tensor.numpy() for name, tensor in outputs.items()}
+  outputs = {name: _json_output(name, value)
+             for name, value in run_predict(loaded, signature_name, arrays).items()}
   if row_format:
     if len(outputs) == 1:
-      return {"predictions": next(iter(outputs.values())).tolist()}
+      return {"predictions": next(iter(outputs.values()))}
     names = sorted(outputs)
-    lists = {name: outputs[name].tolist() for name in names}
-    batch = len(lists[names[0]])
-    return {"predictions": [{name: lists[name][i] for name in names} for i in range(batch)]}
+    batch = len(outputs[names[0]])
+    return {"predictions": [{name: outputs[name][i] for name in names} for i in range(batch)]}
   if len(outputs) == 1:
-    return {"outputs": next(iter(outputs.values())).tolist()}
-  return {"outputs": {name: value.tolist() for name, value in outputs.items()}}
+    return {"outputs": next(iter(outputs.values()))}
+  return {"outputs": outputs}
 
 
 def version_status(registry: ModelRegistry, name, version=None):
-  registry.get(name, version)  # 404 if absent.
+  registry.get(name, version)  # NOT_FOUND if absent.
   versions = [version] if version is not None else registry.versions(name)
   return {"model_version_status": [
       {"version": str(v), "state": "AVAILABLE",
@@ -284,9 +432,8 @@ _MODEL_PATH = re.compile(r"^(?P<name>[^/:]+)(/versions/(?P<version>[0-9]+))?"
 
 
 def _json_response(body, status=200):
-  # allow_nan: TF Serving writes NaN/Infinity literally too; outputs may contain them.
-  return flask.Response(json.dumps(body, separators=(",", ":")), status=status,
-                        mimetype="application/json")
+  # NaN/Infinity are written literally, as TF Serving does; outputs may contain them.
+  return flask.Response(json_tensors.dumps(body), status=status, mimetype="application/json")
 
 
 def create_app(registry: ModelRegistry) -> flask.Flask:
@@ -296,7 +443,7 @@ def create_app(registry: ModelRegistry) -> flask.Flask:
   def route(path, method):
     match = _MODEL_PATH.match(path)
     if not match:
-      raise ServingError(f"Malformed request: {method} /v1/models/{path}", 404)
+      raise ServingError(f"Malformed request: {method} /v1/models/{path}", "NOT_FOUND")
     name, suffix = match.group("name"), match.group("suffix")
     version = int(match.group("version")) if match.group("version") else None
     if method == "GET" and suffix is None:
@@ -306,11 +453,11 @@ def create_app(registry: ModelRegistry) -> flask.Flask:
     if method == "POST" and suffix == ":predict":
       loaded = registry.get(name, version)
       try:
-        body = json.loads(flask.request.get_data(cache=False))
-      except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        body = json_tensors.loads(flask.request.get_data(cache=False))
+      except ValueError as e:  # json, orjson and UnicodeDecodeError are ValueErrors.
         raise ServingError(f"JSON Parse error: {e}") from e
       return predict(loaded, body)
-    raise ServingError(f"Malformed request: {method} /v1/models/{path}", 404)
+    raise ServingError(f"Malformed request: {method} /v1/models/{path}", "NOT_FOUND")
 
   from mm_tf.demo import page as demo_page  # pylint: disable=g-import-not-at-top
   demo_page.register(flask_app, registry)  # The demo page at / (docs/serving.md).
@@ -319,28 +466,14 @@ def create_app(registry: ModelRegistry) -> flask.Flask:
   def models(path):
     return _json_response(route(path, flask.request.method))
 
-  @flask_app.errorhandler(ServingError)
-  def serving_error(error):
-    return _json_response({"error": str(error)}, error.status)
-
-  @flask_app.errorhandler(404)
-  def not_found(error):
-    del error
-    return _json_response({"error": f"Malformed request: {flask.request.method} "
-                                     f"{flask.request.path}"}, 404)
-
-  @flask_app.errorhandler(405)
-  def not_allowed(error):
-    del error
-    return _json_response({"error": f"Malformed request: {flask.request.method} "
-                                     f"{flask.request.path}"}, 405)
-
   @flask_app.errorhandler(Exception)
-  def unexpected(error):
-    if isinstance(error, ServingError):
-      return serving_error(error)
-    logging.exception("Unexpected error while serving a request.")
-    return _json_response({"error": f"Internal error: {type(error).__name__}: {error}"}, 500)
+  def error_response(error):
+    if isinstance(error, werkzeug_exceptions.HTTPException):
+      # Routing (unknown URL 404, wrong method 405) and Werkzeug's own 4xx checks.
+      return _json_response({"error": f"Malformed request: {flask.request.method} "
+                                      f"{flask.request.path}"}, error.code or 500)
+    error = as_serving_error(error)
+    return _json_response({"error": str(error)}, error.status)
 
   return flask_app
 
@@ -361,6 +494,9 @@ def _define_flags():
                       "TF Serving models.config (default: <export_dir>/models.config if present).")
   flags.DEFINE_string("host", "127.0.0.1", "Address to bind (0.0.0.0 for every interface).")
   flags.DEFINE_integer("port", 8501, "REST port (TF Serving's default is 8501; 0 = any free).")
+  flags.DEFINE_integer("grpc_port", 8500, "gRPC port (TF Serving's default is 8500; 0 = any "
+                       "free; -1 = no gRPC).")
+  flags.DEFINE_integer("grpc_threads", 16, "Threads answering gRPC requests.")
   flags.DEFINE_bool("all_versions", False, "Serve every version, not only the latest.")
 
 
@@ -369,9 +505,17 @@ def main(argv):
   registry = ModelRegistry.from_export_dir(FLAGS.export_dir, FLAGS.model_config_file,
                                            FLAGS.all_versions)
   server = make_server(registry, FLAGS.host, FLAGS.port)
+  grpc_server = None
+  if FLAGS.grpc_port >= 0:
+    from mm_tf import serve_grpc  # pylint: disable=g-import-not-at-top
+    grpc_server, grpc_port = serve_grpc.make_grpc_server(registry, FLAGS.host, FLAGS.grpc_port,
+                                                         FLAGS.grpc_threads)
+    grpc_server.start()
   for name in registry.names():
     print(f"model {name}: versions {registry.versions(name)}")
-  # Printed (and flushed) so scripts that pass --port 0 can read the port.
+  # Printed (and flushed) so scripts that pass port 0 can read the ports.
+  if grpc_server is not None:
+    print(f"Serving gRPC on {FLAGS.host}:{grpc_port}", flush=True)
   print(f"Serving on http://{FLAGS.host}:{server.port}/v1/models/<name>", flush=True)
   print(f"Demo page: http://{FLAGS.host}:{server.port}/", flush=True)
   try:
@@ -380,6 +524,8 @@ def main(argv):
     pass
   finally:
     server.server_close()
+    if grpc_server is not None:
+      grpc_server.stop(grace=None)
 
 
 if __name__ == "__main__":

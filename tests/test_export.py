@@ -49,6 +49,14 @@ print("MM_TF_IMPORTED", "mm_tf" in sys.modules)
 """
 
 
+def _saved_model_cli():
+  """TF's own `saved_model_cli`, from the running interpreter's environment."""
+  script = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+  if os.path.exists(script):
+    return [script]
+  return [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
+
+
 class SwitchCompactionTest(tf.test.TestCase):
 
   def test_round_trip_is_exact_for_any_channel_count(self):
@@ -112,6 +120,7 @@ class ExportTest(tf.test.TestCase):
                      list(self.model.modalities["depth"].raw_range))
     self.assertIn("depth_to_segmentation", manifest["models"]["mmnet"]["translations"])
     self.assertIn("rgb_and_depth_to_segmentation", manifest["models"]["mmnet"]["multimodal"])
+    self.assertIn("serialize_tensor", manifest["tensor_encodings"]["serving_bytes"])
 
   def test_models_config_parser_rejects_garbage(self):
     with self.assertRaisesRegex(ValueError, "ModelServerConfig"):
@@ -162,6 +171,65 @@ class ExportTest(tf.test.TestCase):
     wire_dtypes = json.loads(str(out["wire_dtypes"]))
     self.assertEqual(wire_dtypes["latent"], "float32")
     self.assertEqual({wire_dtypes[f"switches_{k}"] for k in range(1, 6)}, {"uint8"})
+
+  def test_saved_model_cli_shows_and_runs_an_encoder_and_a_decoder(self):
+    def cli(*args):
+      result = subprocess.run(_saved_model_cli() + list(args), capture_output=True, text=True,
+                              timeout=170, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+      self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+      return result.stdout
+
+    encoder_dir = os.path.join(self.export_dir, "depth_encoder", "1")
+    decoder_dir = os.path.join(self.export_dir, "segmentation_decoder", "1")
+    shown = cli("show", "--all", "--dir", encoder_dir)
+    for expected in ("signature_def['serving_default']", "signature_def['serving_bytes']",
+                     "inputs['image']", "outputs['switches_5']", "inputs['image_bytes']",
+                     "outputs['latent_bytes']", "DT_UINT8", "DT_STRING"):
+      self.assertIn(expected, shown)
+    shown = cli("show", "--all", "--dir", decoder_dir)
+    for expected in ("inputs['latent']", "inputs['switches_1']", "outputs['labels']",
+                     "inputs['switches_1_bytes']", "outputs['image_bytes']"):
+      self.assertIn(expected, shown)
+    depth = serving_fixture.raw_batch(self.model.modalities["depth"], batch=2)
+    with tempfile.TemporaryDirectory() as tmp:
+      np.save(os.path.join(tmp, "depth.npy"), depth)
+      encoded, decoded = os.path.join(tmp, "encoded"), os.path.join(tmp, "decoded")
+      cli("run", "--dir", encoder_dir, "--tag_set", "serve", "--signature_def",
+          "serving_default", "--inputs", f"image={os.path.join(tmp, 'depth.npy')}",
+          "--outdir", encoded)
+      wire = ["latent"] + [f"switches_{k}" for k in range(1, 6)]
+      cli("run", "--dir", decoder_dir, "--tag_set", "serve", "--signature_def",
+          "serving_default", "--inputs",
+          ";".join(f"{name}={os.path.join(encoded, name + '.npy')}" for name in wire),
+          "--outdir", decoded)
+      probabilities = np.load(os.path.join(decoded, "image.npy"))
+      labels = np.load(os.path.join(decoded, "labels.npy"))
+    logits = self.model.translate("depth", "segmentation",
+                                  self.model.modalities["depth"].normalize(depth))
+    self.assertAllClose(probabilities, tf.nn.softmax(logits), atol=1e-5, rtol=0)
+    self.assertAllEqual(labels, tf.argmax(logits, -1))
+
+  def test_bytes_signatures_round_trip_serialized_tensor_protos(self):
+    from mm_tf import tensor_protos  # pylint: disable=g-import-not-at-top
+    depth = serving_fixture.raw_batch(self.model.modalities["depth"], batch=2)
+    encoder = tf.saved_model.load(os.path.join(self.export_dir, "depth_encoder", "1"))
+    decoder = tf.saved_model.load(os.path.join(self.export_dir, "segmentation_decoder", "1"))
+    # Inputs written without TensorFlow (tensor_protos), outputs read by tf.io.parse_tensor.
+    images = tf.constant([tensor_protos.serialize_tensor(image) for image in depth])
+    wire = encoder.signatures[export.BYTES_SIGNATURE](image_bytes=images)
+    self.assertCountEqual(wire, ["latent_bytes"] + [f"switches_{k}_bytes" for k in range(1, 6)])
+    numbers = encoder.signatures[export.SERVING_SIGNATURE](image=tf.constant(depth))
+    for name, value in numbers.items():
+      self.assertEqual(wire[name + "_bytes"].shape, [2])
+      self.assertAllEqual(tf.io.parse_tensor(wire[name + "_bytes"][1], value.dtype), value[1])
+    decoded = decoder.signatures[export.BYTES_SIGNATURE](**wire)
+    expected = decoder.signatures[export.SERVING_SIGNATURE](**numbers)
+    for name in ("image", "labels"):
+      parsed = np.stack([tensor_protos.parse_tensor(b) for b in decoded[name + "_bytes"].numpy()])
+      self.assertAllEqual(parsed, expected[name])
+    with self.assertRaises(tf.errors.InvalidArgumentError):
+      encoder.signatures[export.BYTES_SIGNATURE](image_bytes=tf.constant(
+          [tensor_protos.serialize_tensor(np.zeros((64, 64, 3), np.float32))]))
 
   def test_loaded_model_translator_predicts_numpy_like_translate(self):
     import mm_tf  # pylint: disable=g-import-not-at-top

@@ -4,6 +4,7 @@ The server runs on 127.0.0.1 on a free port in a background thread of this proce
 is shut down after the tests.
 """
 
+import base64
 import json
 import threading
 import urllib.error
@@ -134,6 +135,10 @@ class ServeTest(tf.test.TestCase):
                       {"inputs": {**wire, "latent": np.asarray(wire["latent"])[..., :3].tolist()}},
                       400, "channels")
     self.assert_error("/v1/models/depth_encoder/labels/x", None, 404, "Malformed request")
+    as_bytes = lambda value: {"signature_name": "serving_bytes", "inputs": {"image_bytes": value}}
+    self.assert_error(predict, as_bytes([{"b64": "%%%"}]), 400, "not valid base64")
+    self.assert_error(predict, as_bytes([{"b64": "AAAA"}]), 400, "TensorProto")
+    self.assert_error(predict, as_bytes([1.5]), 400, "DT_STRING")
     # NaN in inputs (JSON's NaN token, which TF Serving accepts too) must not crash it.
     nan_depth = np.full((1, 64, 64, 1), np.nan).tolist()
     code, answer = self.request(predict, json.dumps({"inputs": nan_depth}).encode())
@@ -147,6 +152,23 @@ class ServeTest(tf.test.TestCase):
     client = serving_client.ServingClient(self.url, manifest=self.manifest)
     result = client.translate("depth", "segmentation", self.depth)
     self.assertAllClose(result.image, self.expected, atol=1e-5, rtol=0)
+
+  def test_bytes_signature_speaks_b64_over_raw_rest(self):
+    from mm_tf import tensor_protos  # pylint: disable=g-import-not-at-top
+    image = base64.b64encode(tensor_protos.serialize_tensor(self.depth[0])).decode()
+    code, answer = self.request("/v1/models/depth_encoder:predict", {
+        "signature_name": "serving_bytes", "inputs": {"image_bytes": [{"b64": image}]}})
+    self.assertEqual(code, 200, answer)
+    self.assertCountEqual(answer["outputs"],
+                          ["latent_bytes"] + [f"switches_{k}_bytes" for k in range(1, 6)])
+    # The encoder's outputs are the decoder's inputs, as they came (row format here).
+    code, answer = self.request("/v1/models/segmentation_decoder:predict", {
+        "signature_name": "serving_bytes",
+        "instances": [{k: v[0] for k, v in answer["outputs"].items()}]})
+    self.assertEqual(code, 200, answer)
+    labels_b64 = answer["predictions"][0]["labels_bytes"]["b64"]
+    self.assertAllEqual(tensor_protos.parse_tensor(base64.b64decode(labels_b64)),
+                        self.expected_labels[0])
 
   def test_client_reports_server_errors(self):
     client = serving_client.ServingClient(self.url)
