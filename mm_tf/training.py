@@ -647,10 +647,28 @@ def train_stage(model, config, stage, strategy, writer, probe_batch, restore: bo
   run_train_steps(model, strategy, data, remaining, callbacks, config.run_eagerly)
   if checkpointer.last_saved != spec.steps:
     checkpointer.save(spec.steps)
+  check_workers_agree(model, strategy, worker, f"Stage {stage}")
   elapsed = time.time() - start
   print(f"Stage {stage}: {remaining} steps in {elapsed:.1f} s "
         f"({1000 * elapsed / remaining:.0f} ms/step).", flush=True)
   return True
+
+
+def check_workers_agree(model, strategy, worker: Worker, label: str):
+  """Raises unless every worker holds the same weights; prints their checksum.
+
+  A cheap guard (one all-gather of a number) against workers that silently diverged, e.g.
+  one resumed from another checkpoint. Synchronous training keeps them bit-identical.
+  """
+  if worker.num_workers <= 1:
+    return
+  local = float(tf.add_n([tf.reduce_sum(tf.cast(v, tf.float64)) for v in model.weights]))
+  gathered = strategy.gather(strategy.run(lambda: tf.constant([local], tf.float64)), axis=0)
+  checksums = [float(c) for c in gathered.numpy()]
+  if len(set(checksums)) != 1:
+    raise RuntimeError(f"{label}: the workers' weights differ (checksums {checksums}).")
+  print(f"{label}: weights of the {len(checksums)} workers agree (checksum {local!r}).",
+        flush=True)
 
 
 def _kill_prefix(config, stage):

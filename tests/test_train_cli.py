@@ -85,6 +85,45 @@ class TrainCliTest(tf.test.TestCase):
     self.assertIn("--width", refused.stdout + refused.stderr)
 
 
+class UserErrorTest(tf.test.TestCase):
+  """User mistakes end with one line on stderr and exit status 2, before TensorFlow loads."""
+
+  def _run(self, module, flags):
+    start = time.time()
+    result = subprocess.run([sys.executable, "-m", module] + flags, cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    self.assertLess(time.time() - start, 30)
+    self.assertEqual(result.returncode, 2, result.stderr[-2000:])
+    lines = result.stderr.strip().splitlines()
+    self.assertLen(lines, 1, result.stderr[-2000:])
+    self.assertNotIn("Traceback", result.stderr)
+    return lines[0]
+
+  def test_missing_dataset(self):
+    root = tempfile.mkdtemp(dir=self.get_temp_dir())
+    line = self._run("mm_tf.train", ["--flagfile=configs/freiburg.flags",
+                                     f"--data_dir={root}/data", f"--model_dir={root}/run"])
+    self.assertStartsWith(line, "mm_tf.train: error: Dataset freiburg_forest not found")
+    self.assertIn("docs/data.md", line)
+    self.assertFalse(os.path.exists(os.path.join(root, "run")))  # Nothing was started.
+
+  def test_unreadable_flag_value_and_flagfile(self):
+    self.assertIn("--steps=1,x,3: every value must be an integer",
+                  self._run("mm_tf.train", ["--steps=1,x,3"]))
+    self.assertIn("Unable to open flagfile", self._run("mm_tf.train",
+                                                       ["--flagfile=/nonexistent.flags"]))
+
+  def test_wrong_model_dir(self):
+    root = tempfile.mkdtemp(dir=self.get_temp_dir())
+    a_file = os.path.join(root, "file")
+    open(a_file, "w").close()
+    self.assertIn("is a file, not a directory",
+                  self._run("mm_tf.train", [f"--model_dir={a_file}"]))
+    self.assertIn("--model_dir is required", self._run("mm_tf.evaluate", []))
+    self.assertIn("is not a training model_dir",
+                  self._run("mm_tf.evaluate", [f"--model_dir={root}"]))
+
+
 class CompatibilityTest(tf.test.TestCase):
 
   def test_incompatible_flag_is_refused_and_compatible_accepted(self):
