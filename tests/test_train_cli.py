@@ -124,6 +124,45 @@ class UserErrorTest(tf.test.TestCase):
                   self._run("mm_tf.evaluate", [f"--model_dir={root}"]))
 
 
+class RuntimeChoicesTest(tf.test.TestCase):
+
+  def test_precision_auto(self):
+    from unittest import mock  # pylint: disable=g-import-not-at-top
+    with mock.patch.object(tf.config, "list_physical_devices", return_value=[]):
+      for flags, expected in (({"amx_bf16", "avx512_bf16"}, "mixed_bfloat16"),
+                              ({"avx512_bf16"}, "float32"), ({"avx2"}, "float32")):
+        with mock.patch.object(training, "_cpu_flags", return_value=frozenset(flags)):
+          policy, reason = training.choose_precision()
+          self.assertEqual(policy, expected, reason)
+          self.assertIn("CPU", reason)
+
+  def test_dataset_names_are_known_without_tensorflow(self):
+    from mm_tf import data as mm_data  # pylint: disable=g-import-not-at-top
+    self.assertEqual(mm_config.DATASETS, mm_data.dataset_names())
+    for name in mm_config.DATASETS:  # check_inputs looks for <data_dir>/<name>.
+      self.assertEqual(mm_data.get_dataset_spec(name).source_dir, name)
+
+  def test_no_library_module_imports_a_command_line_module(self):
+    import ast  # pylint: disable=g-import-not-at-top
+    package = os.path.join(REPO, "mm_tf")
+    command_lines = {"train", "evaluate"}
+    for directory, _, names in os.walk(package):
+      for name in names:
+        if not name.endswith(".py"):
+          continue
+        with open(os.path.join(directory, name)) as f:
+          tree = ast.parse(f.read())
+        imported = set()
+        for node in ast.walk(tree):
+          if isinstance(node, ast.ImportFrom) and node.module == "mm_tf":
+            imported |= {alias.name for alias in node.names}
+          elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mm_tf."):
+            imported.add(node.module.split(".")[1])
+        self.assertEmpty(imported & command_lines, msg=name)
+        if name == "evaluation.py":
+          self.assertNotIn("training", imported)
+
+
 class CompatibilityTest(tf.test.TestCase):
 
   def test_incompatible_flag_is_refused_and_compatible_accepted(self):
