@@ -1,7 +1,9 @@
 """The training loop: stages in order, resumable checkpoints, TensorBoard, evaluation.
 
-`run_training(config)` trains the stages of an `ExperimentConfig` one after the other with
-Keras `fit()`:
+`run_training(config)` trains the stages of an `ExperimentConfig` one after the other,
+each with `run_train_steps`: `strategy.run(model.train_step)` in a loop with Keras
+callbacks, the same for every tf.distribute strategy (Keras 3's `fit()` cannot run under
+MultiWorkerMirroredStrategy). Under several workers only the chief writes files:
 
   model_dir/
     flags.txt, config.json       what this run was started with (checked on resume)
@@ -10,14 +12,18 @@ Keras `fit()`:
     model/                       the final model (mm_tf.load(model_dir) reads it)
     tensorboard/                 loss terms, alignment factors, image grids
     eval/stage_<n>/              evaluation after stage n (results.json, predictions.npz)
-    eval/results.{json,md}, eval/figures/   final evaluation (mm_tf.evaluate)
+    eval/results.{json,md}, eval/figures/   final evaluation (mm_tf.evaluation)
     oracle/                      the --with_oracle run (a model_dir of its own)
+    export/                      SavedModels for TF Serving (mm_tf.export)
 
 Resume: the stage with the highest-numbered checkpoint is restored at its saved step
 (weights, both optimizers' state); earlier stages are finished and not redone; a stage
 that reached its step count only runs its end-of-stage actions if they are missing.
-Checkpoints are written by `tf.train.CheckpointManager` (index file written last), so a
-kill -9 at any moment leaves the previous checkpoint readable.
+Checkpoints are written by `tf.train.CheckpointManager` (state file replaced last), so a
+kill -9 at any moment leaves the previous checkpoint readable; every other file that is
+read back is written under a temporary name and renamed. A resumed stage skips the
+examples it already trained on and draws the same latent noise (stateless, per step), so
+the run ends with the results of an uninterrupted one.
 """
 
 import dataclasses
