@@ -51,7 +51,7 @@ class CrashSafetyTest(tf.test.TestCase):
       env[training.KILL_AT_ENV] = kill_at
       env[training.KILL_DELAY_ENV] = str(delay)
     result = subprocess.run([sys.executable, "-m", "mm_tf.train"] + flags, cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=900)
+                            capture_output=True, text=True, timeout=1800)
     output = result.stdout + result.stderr
     if kill_at:
       self.assertEqual(result.returncode, -signal.SIGKILL,
