@@ -1,6 +1,6 @@
 """Crash safety: SIGKILL at several points of a run, rerun, same results as without kills.
 
-A tiny run (32x32 synthetic forest, width 1/16, 2/3/2 steps, eager steps) is killed with
+A tiny run (32x32 synthetic forest, width 1/16, 2 steps per stage, eager steps) is killed with
 SIGKILL at exact points through `mm_tf.training.kill_point` ($MM_TF_KILL_AT): after a step
 of stage 1, in the middle of the stage-2 evaluation, after a step of stage 3 and in the
 middle of the export. After each kill the same command is run again. The resumed run
@@ -30,7 +30,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _tiny_flags(model_dir, data_dir):
   return [f"--model_dir={model_dir}", f"--data_dir={data_dir}", "--dataset=synthetic_forest",
           "--synthetic_num_train=12", "--synthetic_num_test=6", "--image_size=32",
-          "--width=0.0625", "--batch_size=2", "--steps=2,3,2", "--checkpoint_every_steps=1",
+          "--width=0.0625", "--batch_size=2", "--steps=2,2,2", "--checkpoint_every_steps=1",
           "--log_every_steps=1", "--image_summary_every_steps=100", "--eval_batch_size=6",
           "--num_figure_examples=2", "--run_eagerly", "--precision=float32"]
 
