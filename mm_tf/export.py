@@ -46,7 +46,6 @@ import tempfile
 import time
 from typing import Dict, Mapping, Optional, Sequence
 
-from absl import app
 from absl import flags
 import tensorflow as tf
 

@@ -29,7 +29,6 @@ import re
 import threading
 from typing import Dict, List, Optional
 
-from absl import app
 from absl import flags
 import flask
 from google.protobuf import json_format

@@ -35,7 +35,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable, Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import keras
 import numpy as np
