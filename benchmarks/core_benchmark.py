@@ -78,6 +78,9 @@ def time_unpool(implementation, shape=(6, 128, 128, 64), repeats=10):
 
 def main(argv):
   del argv
+  from mm_tf import training  # pylint: disable=g-import-not-at-top
+  policy, reason = training.choose_precision()
+  print(f"== --precision=auto on this machine: {policy} ({reason})")
   print("== parameters (4 modalities: 4 encoders, 4 decoders, 1 discriminator)")
   for width in sorted({1.0, FLAGS.width}):
     model = build(width, 64)

@@ -8,12 +8,21 @@ re-run in the same model_dir is compared with it by `check_compatible`.
 """
 
 import dataclasses
+import glob
 import json
+import os
 from typing import Dict, Optional, Tuple
 
+from mm_tf import errors
 from mm_tf import stages as mm_stages
 
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+# mm_tf.data.dataset_names(), listed here so that flags are checked before TensorFlow is
+# imported (tests keep the two lists equal). The raw files of dataset X are in
+# <data_dir>/X (DatasetSpec.source_dir), the prepared tfds data in <data_dir>/tfds/X.
+DATASETS = ("synthetic_forest", "freiburg_forest", "sun_rgbd", "scenenet_rgbd")
+GENERATED_DATASETS = ("synthetic_forest",)
+CONFIG_FILE = "config.json"
 STRATEGIES = ("default", "mirrored", "multi_worker")
 SIDE_INFORMATION = ("switches", "skip", "none")
 CLASS_BALANCING = ("none", "median_frequency")
@@ -71,7 +80,7 @@ class ExperimentConfig:
   # Runtime.
   model_dir: str = "runs/synthetic_forest"
   seed: int = 0
-  precision: str = "float32"
+  precision: str = "auto"
   run_eagerly: bool = False
   distribution_strategy: str = "default"
   checkpoint_every_steps: int = 100
@@ -90,27 +99,28 @@ class ExperimentConfig:
                  "lambda_depth", "lambda_nir", "lambda_l2", "lambda_gan", "lambda_latent"):
       value = tuple(getattr(self, name))
       if len(value) != 3:
-        raise ValueError(f"--{name} needs one value per stage (3), got {list(value)}.")
+        raise errors.ConfigError(f"--{name} needs one value per stage (3), got {list(value)}.")
       object.__setattr__(self, name, value)
     _check_choice("precision", self.precision, PRECISIONS)
     _check_choice("distribution_strategy", self.distribution_strategy, STRATEGIES)
     _check_choice("side_information", self.side_information, SIDE_INFORMATION)
+    _check_choice("dataset", self.dataset, DATASETS)
     _check_choice("class_balancing", self.class_balancing, CLASS_BALANCING)
     if not 1 <= self.num_pools <= 5:
-      raise ValueError(f"--num_pools must be between 1 and 5 (the paper's VGG16 encoder has 5 "
-                       f"pooling levels), got {self.num_pools}.")
+      raise errors.ConfigError(f"--num_pools must be between 1 and 5 (the paper's VGG16 encoder "
+                               f"has 5 pooling levels), got {self.num_pools}.")
     if self.image_size % 2**self.num_pools:
-      raise ValueError(f"--image_size must be a multiple of {2**self.num_pools} "
-                       f"({self.num_pools} 2x2 poolings), got {self.image_size}.")
+      raise errors.ConfigError(f"--image_size must be a multiple of {2**self.num_pools} "
+                               f"({self.num_pools} 2x2 poolings), got {self.image_size}.")
     if self.batch_size < 1 or self.width <= 0:
-      raise ValueError(f"--batch_size must be >= 1 and --width > 0, got {self.batch_size} "
+      raise errors.ConfigError(f"--batch_size must be >= 1 and --width > 0, got {self.batch_size} "
                        f"and {self.width}.")
     if any(s < 0 for s in self.steps) or any(lr <= 0 for lr in self.learning_rate):
-      raise ValueError(f"--steps must be >= 0 and --learning_rate > 0, got {list(self.steps)} "
+      raise errors.ConfigError(f"--steps must be >= 0 and --learning_rate > 0, got {list(self.steps)} "
                        f"and {list(self.learning_rate)}.")
     for name in ("checkpoint_every_steps", "log_every_steps", "image_summary_every_steps"):
       if getattr(self, name) < 1:
-        raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}.")
+        raise errors.ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}.")
 
   # ---------------------------------------------------------------- stages
   def stage_numbers(self) -> Tuple[int, ...]:
@@ -174,14 +184,14 @@ def check_compatible(saved: ExperimentConfig, current: ExperimentConfig):
   if changed:
     details = "; ".join(f"--{n}: saved {getattr(saved, n)!r}, now {getattr(current, n)!r}"
                         for n in changed)
-    raise ValueError(
+    raise errors.ConfigError(
         f"--model_dir {current.model_dir!r} holds a run with other settings that cannot "
         f"change on resume ({details}). Use the saved values, or pick a new --model_dir.")
 
 
 def _check_choice(name, value, choices):
   if value not in choices:
-    raise ValueError(f"--{name} must be one of {', '.join(choices)}; got {value!r}.")
+    raise errors.ConfigError(f"--{name} must be one of {', '.join(choices)}; got {value!r}.")
 
 
 # ------------------------------------------------------------------ flags
@@ -281,14 +291,18 @@ def define_flags():
   flags.DEFINE_integer("seed", d.seed, "Seed of initialisation, data order and augmentation "
                        "(and of the synthetic dataset).")
   flags.DEFINE_enum("precision", d.precision, list(PRECISIONS), "Keras mixed-precision policy. "
-                    "mixed_bfloat16 is faster on CPUs with AMX/AVX512-bf16 and on TPUs; "
-                    "mixed_float16 on GPUs.")
+                    "auto: mixed_bfloat16 where it is faster (CPUs with AMX-bf16, GPUs of "
+                    "compute capability >= 8.0), float32 elsewhere; the choice and its reason "
+                    "are logged. mixed_float16 is for older GPUs but the train steps apply no "
+                    "loss scaling.")
   flags.DEFINE_bool("run_eagerly", d.run_eagerly, "Run train steps eagerly instead of as a "
                     "tf.function: no graph tracing (tens of seconds per stage on 2 CPU cores), "
                     "slower steps. For tiny runs and debugging.")
   flags.DEFINE_enum("distribution_strategy", d.distribution_strategy, list(STRATEGIES),
                     "tf.distribute strategy: default (one device), mirrored (all local GPUs), "
-                    "multi_worker (TF_CONFIG cluster). batch_size is per replica.")
+                    "multi_worker (every worker runs the same command with its own TF_CONFIG; "
+                    "--model_dir must be one directory all workers see). batch_size is per "
+                    "replica; each replica gets its own share of the examples.")
   flags.DEFINE_integer("checkpoint_every_steps", d.checkpoint_every_steps, "Save a resumable "
                        "checkpoint (weights, optimizer state, step) every N steps.")
   flags.DEFINE_integer("log_every_steps", d.log_every_steps, "Write loss terms and alignment "
@@ -310,16 +324,56 @@ def define_flags():
 
 
 def from_flags(flag_values=None) -> ExperimentConfig:
-  """Builds the config from parsed absl flags."""
+  """Builds the config from parsed absl flags.
+
+  Raises:
+    errors.ConfigError: a value that is not a number where one is needed, or any check
+      of `ExperimentConfig` (the message names the flag).
+  """
   if flag_values is None:
     from absl import flags  # pylint: disable=g-import-not-at-top
     flag_values = flags.FLAGS
   values = {}
   for field in dataclasses.fields(ExperimentConfig):
     value = flag_values[field.name].value
-    if field.name == "steps":
-      value = tuple(int(v) for v in value)
-    elif isinstance(field.default, tuple):
-      value = tuple(float(v) for v in value)
+    if isinstance(field.default, tuple):
+      kind = int if field.name == "steps" else float
+      try:
+        value = tuple(kind(v) for v in value)
+      except ValueError:
+        raise errors.ConfigError(f"--{field.name}={','.join(map(str, value))}: every value must "
+                                 f"be {'an integer' if kind is int else 'a number'}, one per "
+                                 "stage (e.g. --steps=250,700,300).") from None
     values[field.name] = value
   return ExperimentConfig(**values)
+
+
+def check_inputs(config: ExperimentConfig):
+  """Checks the dataset and --model_dir before anything is built (no TensorFlow needed).
+
+  Raises:
+    errors.MissingInputError: the dataset's files are not there, or --model_dir is not
+      a directory.
+    errors.ConfigError: --model_dir holds a run whose fixed settings differ.
+  """
+  if not config.model_dir:
+    raise errors.ConfigError("--model_dir is empty: give the directory of the run.")
+  if os.path.exists(config.model_dir) and not os.path.isdir(config.model_dir):
+    raise errors.MissingInputError(f"--model_dir={config.model_dir} is a file, not a "
+                                   "directory: pick another --model_dir.")
+  saved = os.path.join(config.model_dir, CONFIG_FILE)
+  if os.path.isfile(saved):
+    try:
+      check_compatible(ExperimentConfig.from_json_file(saved), config)
+    except (json.JSONDecodeError, TypeError) as e:
+      raise errors.ConfigError(f"{saved} is unreadable ({e}): pick a new --model_dir.") from e
+  if config.dataset in GENERATED_DATASETS:
+    return
+  raw = os.path.join(config.data_dir, config.dataset)
+  prepared = glob.glob(os.path.join(config.data_dir, "tfds", config.dataset, "*",
+                                    "dataset_info.json"))
+  if not os.path.isdir(raw) and not prepared:
+    raise errors.MissingInputError(
+        f"Dataset {config.dataset} not found: {raw} does not exist (and it was not prepared "
+        f"in {os.path.join(config.data_dir, 'tfds')}). Put its files there (docs/data.md) "
+        "or pass --data_dir.")

@@ -322,11 +322,14 @@ class Runner:
     return mm_model.MixAndMatchNetworks(modalities, self.data.streams, **kwargs)
 
   def _fit(self, model, dataset, steps, label):
+    """`steps` train steps through the shared loop, under the strategy in scope."""
     if steps <= 0:
       return
+    from mm_tf import training  # pylint: disable=g-import-not-at-top
     start = time.time()
-    history = model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
-    losses = {k: round(float(v[-1]), 4) for k, v in history.history.items()}
+    logs = training.run_train_steps(model, tf.distribute.get_strategy(), dataset, steps,
+                                    run_eagerly=self.run_eagerly)
+    losses = {k: round(v, 4) for k, v in logs.items()}
     print(f"[{label}] {steps} steps in {time.time() - start:.1f} s; {losses}", flush=True)
 
   def mmnets_model(self, variant_name: str, stage: int):
@@ -747,7 +750,10 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   FLAGS = flags.FLAGS
   config = mm_config.from_flags(FLAGS)
-  keras.mixed_precision.set_global_policy(config.precision)
+  from mm_tf import training  # pylint: disable=g-import-not-at-top
+  training.set_precision(config.precision)
+  strategy = training.make_strategy(config.distribution_strategy)
+  worker = training.worker_of(strategy)
   rows = suite_rows(FLAGS.suite, [int(k) for k in FLAGS.few_pairs], FLAGS.few_pair_selection)
   if FLAGS.rows:
     unknown = set(FLAGS.rows) - {r.name for r in rows}
@@ -755,11 +761,18 @@ def main(argv):
       raise app.UsageError(f"Unknown rows {sorted(unknown)}; suite {FLAGS.suite} has "
                            f"{[r.name for r in rows]}.")
     rows = [r for r in rows if r.name in FLAGS.rows]
-  runner = Runner(config, FLAGS.output_dir, baseline_steps=FLAGS.baseline_steps,
+  # Under multi_worker every worker trains every row (the shared loop runs under the
+  # strategy); only the chief keeps files. The others write into a temporary directory,
+  # so they cannot resume: restart an interrupted multi-worker suite in a new output_dir.
+  output_dir = worker.writable_dir(FLAGS.output_dir)
+  runner = Runner(config, output_dir, baseline_steps=FLAGS.baseline_steps,
                   baseline_residual_blocks=FLAGS.baseline_residual_blocks, suite=FLAGS.suite)
-  comparison = runner.run(rows)
+  with strategy.scope():
+    comparison = runner.run(rows)
+  training.barrier(strategy, worker)
+  worker.remove_temporary(FLAGS.output_dir)
   print(comparison_markdown(comparison))
-  print(f"Wrote {os.path.join(FLAGS.output_dir, 'comparison.md')} and comparison.json")
+  print(f"Wrote {os.path.join(output_dir, 'comparison.md')} and comparison.json")
 
 
 if __name__ == "__main__":

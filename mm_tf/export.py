@@ -51,10 +51,10 @@ import tempfile
 import time
 from typing import Dict, Mapping, Optional, Sequence
 
-from absl import app
 from absl import flags
 import tensorflow as tf
 
+from mm_tf import errors
 from mm_tf import layers as mm_layers
 from mm_tf import model as mm_model
 
@@ -583,7 +583,10 @@ def _define_flags():
 def main(argv):
   del argv
   import mm_tf  # pylint: disable=g-import-not-at-top
-  model = mm_tf.load(FLAGS.model_dir)
+  if os.path.exists(FLAGS.export_dir) and not os.path.isdir(FLAGS.export_dir):
+    raise errors.MissingInputError(f"--export_dir={FLAGS.export_dir} is a file, not a "
+                                   "directory: pick another --export_dir.")
+  model = mm_tf.load(FLAGS.model_dir)  # A missing model is a one-line MissingInputError.
   paths = export_model(model, FLAGS.export_dir, FLAGS.version,
                        include_multimodal=FLAGS.multimodal,
                        serving_base_path=FLAGS.serving_base_path)
@@ -597,4 +600,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  errors.run_cli(main, "mm_tf.export")

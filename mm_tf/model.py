@@ -23,6 +23,7 @@ translations and autoencoders, `"latent_{a}_{b}"`, `"pseudo_{src}_to_{dst}"`, `"
 """
 
 import itertools
+import zlib
 from typing import Dict, Mapping, Optional, Sequence
 
 import keras
@@ -116,6 +117,8 @@ class MixAndMatchNetworks(keras.Model):
     self._loss_tracker = keras.metrics.Mean(name="loss")
     self.generator_optimizer = None
     self.discriminator_optimizer = None
+    # Seed of the latent noise (training sets it from --seed); not part of the config.
+    self.noise_seed = 0
     if image_size is not None:
       self.build_networks(image_size)
 
@@ -414,10 +417,25 @@ class MixAndMatchNetworks(keras.Model):
     return encoder(self.modalities[modality].encoder_input(x),
                    training=not self._is_frozen(encoder))
 
-  def _noisy(self, latent):
+  def _noisy(self, latent, key: str):
+    """`latent` plus N(0, noise_std) noise when the stage turns latent noise on.
+
+    The noise is stateless, a function of (noise_seed, stage, `key`, step, replica): a run
+    resumed from a checkpoint draws the same noise at a step as an uninterrupted run, and
+    the replicas of a tf.distribute strategy draw different noise.
+    """
     if not self.stage_spec.latent_noise or self.noise_std <= 0:
       return latent
-    noise = tf.random.normal(tf.shape(latent), stddev=self.noise_std, dtype=tf.float32)
+    context = tf.distribute.get_replica_context()
+    replica = context.replica_id_in_sync_group if context is not None else 0
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    optimizer = self.generator_optimizer  # None before compile (loss-only callers).
+    step = tf.cast(optimizer.iterations if optimizer is not None else 0, tf.int64)
+    call = zlib.crc32(f"{self._stage}/{key}".encode())
+    seed = tf.stack([tf.constant(self.noise_seed * (1 << 32) + call, tf.int64),
+                     step * replicas + tf.cast(replica, tf.int64)])
+    noise = tf.random.stateless_normal(tf.shape(latent), seed, stddev=self.noise_std,
+                                       dtype=tf.float32)
     return latent + tf.cast(noise, latent.dtype)
 
   def _decode_for_training(self, modality, latent, side):
@@ -464,7 +482,7 @@ class MixAndMatchNetworks(keras.Model):
       latent, side = self._encode_for_training(modality, tf.concat(inputs, axis=0))
       sizes = _batch_sizes(inputs)
       latents = _split_batch(latent, sizes)
-      noisy_latents = _split_batch(self._noisy(latent), sizes)
+      noisy_latents = _split_batch(self._noisy(latent, modality), sizes)
       sides = list(zip(*[_split_batch(t, sizes) for t in side])) or [()] * len(streams)
       for index, stream in enumerate(streams):
         encoded[stream, modality] = (latents[index], tuple(sides[index]))

@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 
+from mm_tf import errors
 from mm_tf import model as mm_model
 
 CONFIG_FILE = "model_config.json"
@@ -46,6 +47,14 @@ def save_model(model, directory):
   return directory
 
 
+def write_text_atomic(path: str, text: str):
+  """Writes `path` through a temporary file and a rename: readers see all of it or none."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
 def _resolve(path):
   """Accepts a saved-model directory or a training model_dir containing `model/`."""
   if os.path.isfile(os.path.join(path, CONFIG_FILE)):
@@ -55,7 +64,7 @@ def _resolve(path):
     return nested
   if os.path.isdir(path + ".old") and os.path.isfile(os.path.join(path + ".old", CONFIG_FILE)):
     return path + ".old"  # A save was interrupted between its two renames.
-  raise FileNotFoundError(
+  raise errors.MissingInputError(
       f"No trained model in {path!r}: expected {CONFIG_FILE} and {WEIGHTS_FILE} there or in "
       f"{os.path.join(path, MODEL_SUBDIR)!r}. Train one with `python -m mm_tf.train` first.")
 

@@ -41,7 +41,6 @@ import re
 import threading
 from typing import Dict, List, Mapping, Optional, Sequence
 
-from absl import app
 from absl import flags
 import flask
 from google.protobuf import json_format
@@ -51,6 +50,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 from werkzeug import exceptions as werkzeug_exceptions
 
+from mm_tf import errors
 from mm_tf import export as mm_export
 from mm_tf import json_tensors
 
@@ -179,8 +179,8 @@ class ModelRegistry:
       sources = [(name, os.path.join(export_dir, name)) for name in sorted(os.listdir(export_dir))
                  if mm_export.versions(os.path.join(export_dir, name))]
     else:
-      raise FileNotFoundError(f"Export directory {export_dir!r} does not exist; export a model "
-                              "with `python -m mm_tf.export` first.")
+      raise errors.MissingInputError(f"Export directory {export_dir!r} does not exist; export "
+                                     "a model with `python -m mm_tf.export` first.")
     for name, base_path in sources:
       found = mm_export.versions(base_path)
       if not found:
@@ -189,7 +189,8 @@ class ModelRegistry:
       for version in (found if all_versions else found[-1:]):
         registry.add(LoadedVersion(name, version, os.path.join(base_path, str(version))))
     if not registry.names():
-      raise FileNotFoundError(f"No SavedModel versions found under {export_dir!r}.")
+      raise errors.MissingInputError(f"No SavedModel versions found under {export_dir!r}: "
+                                     "give the --export_dir of `python -m mm_tf.export`.")
     return registry
 
   def add(self, loaded: LoadedVersion):
@@ -530,4 +531,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  errors.run_cli(main, "mm_tf.serve")

@@ -1,7 +1,9 @@
 """The training loop: stages in order, resumable checkpoints, TensorBoard, evaluation.
 
-`run_training(config)` trains the stages of an `ExperimentConfig` one after the other with
-Keras `fit()`:
+`run_training(config)` trains the stages of an `ExperimentConfig` one after the other,
+each with `run_train_steps`: `strategy.run(model.train_step)` in a loop with Keras
+callbacks, the same for every tf.distribute strategy (Keras 3's `fit()` cannot run under
+MultiWorkerMirroredStrategy). Under several workers only the chief writes files:
 
   model_dir/
     flags.txt, config.json       what this run was started with (checked on resume)
@@ -10,24 +12,30 @@ Keras `fit()`:
     model/                       the final model (mm_tf.load(model_dir) reads it)
     tensorboard/                 loss terms, alignment factors, image grids
     eval/stage_<n>/              evaluation after stage n (results.json, predictions.npz)
-    eval/results.{json,md}, eval/figures/   final evaluation (mm_tf.evaluate)
+    eval/results.{json,md}, eval/figures/   final evaluation (mm_tf.evaluation)
     oracle/                      the --with_oracle run (a model_dir of its own)
+    export/                      SavedModels for TF Serving (mm_tf.export)
 
 Resume: the stage with the highest-numbered checkpoint is restored at its saved step
 (weights, both optimizers' state); earlier stages are finished and not redone; a stage
 that reached its step count only runs its end-of-stage actions if they are missing.
-Checkpoints are written by `tf.train.CheckpointManager` (index file written last), so a
-kill -9 at any moment leaves the previous checkpoint readable.
+Checkpoints are written by `tf.train.CheckpointManager` (state file replaced last), so a
+kill -9 at any moment leaves the previous checkpoint readable; every other file that is
+read back is written under a temporary name and renamed. A resumed stage skips the
+examples it already trained on and draws the same latent noise (stateless, per step), so
+the run ends with the results of an uninterrupted one.
 """
 
+import dataclasses
 import json
 import logging
-import math
 import os
-import subprocess
+import shutil
+import signal
 import sys
+import threading
 import time
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import keras
 import numpy as np
@@ -35,31 +43,173 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from mm_tf import config as mm_config
+from mm_tf import errors
 from mm_tf import evaluation
 from mm_tf import model as mm_model
 from mm_tf import saving
 
-CONFIG_FILE = "config.json"
+CONFIG_FILE = mm_config.CONFIG_FILE
 FLAGS_FILE = "flags.txt"
 STAGE_DONE_FILE = "stage_done.json"
 
 
 # ------------------------------------------------------------------ runtime
-def set_precision(precision: str):
-  """Sets the Keras dtype policy; must run before the model is built."""
+# Measured (README, NOTES.md 5): bf16 is 2.4-2.7x faster than float32 on a CPU with AMX, but
+# 1.7x slower on one with AVX512-BF16 and no AMX (and emulated, slower still, without
+# either), so on CPUs only AMX turns it on.
+_CPU_BF16_FLAG = "amx_bf16"
+
+
+def choose_precision() -> Tuple[str, str]:
+  """The Keras precision policy of --precision=auto for this machine, and why.
+
+  bf16 where the hardware runs it natively: CPUs with AMX-bf16, GPUs of compute
+  capability >= 8.0 (bf16 tensor cores, and no loss scaling needed). float32 elsewhere:
+  mixed_float16 would suit 7.x GPUs but needs loss scaling, which the train steps do not
+  apply; ask for it explicitly with --precision=mixed_float16.
+
+  Returns:
+    (policy name, a sentence saying why).
+  """
+  gpus = tf.config.list_physical_devices("GPU")
+  if gpus:
+    details = tf.config.experimental.get_device_details(gpus[0])
+    name = details.get("device_name", "GPU")
+    capability = tuple(details.get("compute_capability") or ())
+    if capability >= (8, 0):
+      return "mixed_bfloat16", f"{name} (compute capability {capability}) has bf16 tensor cores"
+    return "float32", (f"{name} (compute capability {capability or 'unknown'}) has no bf16 "
+                       "tensor cores")
+  flags = _cpu_flags()
+  if _CPU_BF16_FLAG in flags:
+    return "mixed_bfloat16", "the CPU has AMX-bf16 (bf16 measured 2.4-2.7x faster)"
+  detail = ("AVX512-BF16 but no AMX (bf16 measured 1.7x slower)" if "avx512_bf16" in flags
+            else "no AMX (bf16 would be emulated, slower)")
+  return "float32", f"the CPU has {detail}"
+
+
+def _cpu_flags() -> frozenset:
+  """The CPU feature flags of /proc/cpuinfo (empty where there is none)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("flags"):
+          return frozenset(line.split(":", 1)[1].split())
+  except OSError:
+    pass
+  return frozenset()
+
+
+def set_precision(precision: str) -> str:
+  """Sets the Keras dtype policy (before the model is built); resolves "auto".
+
+  Returns:
+    The policy set.
+  """
+  if precision == "auto":
+    precision, reason = choose_precision()
+    print(f"Precision: {precision} (--precision=auto: {reason}).", flush=True)
   keras.mixed_precision.set_global_policy(precision)
+  return precision
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
-  """The tf.distribute strategy of --distribution_strategy."""
+  """The tf.distribute strategy of --distribution_strategy.
+
+  Raises:
+    errors.UserError: multi_worker without a usable TF_CONFIG.
+  """
   if name == "default":
     return tf.distribute.get_strategy()
   if name == "mirrored":
     return tf.distribute.MirroredStrategy()
   if name == "multi_worker":
+    _check_tf_config()
     return tf.distribute.MultiWorkerMirroredStrategy()
-  raise ValueError(f"Unknown distribution strategy {name!r}; use one of "
-                   f"{', '.join(mm_config.STRATEGIES)}.")
+  raise errors.UserError(f"Unknown distribution strategy {name!r}; use one of "
+                         f"{', '.join(mm_config.STRATEGIES)}.")
+
+
+def _check_tf_config():
+  text = os.environ.get("TF_CONFIG", "")
+  try:
+    tf_config = json.loads(text) if text else None
+  except json.JSONDecodeError as e:
+    raise errors.UserError(f"TF_CONFIG is not valid JSON ({e}); see docs/training.md, "
+                           "'Several workers'.") from e
+  if not tf_config or "cluster" not in tf_config or "task" not in tf_config:
+    raise errors.UserError("--distribution_strategy=multi_worker needs TF_CONFIG with "
+                           "'cluster' and 'task' (see docs/training.md, 'Several workers').")
+
+
+@dataclasses.dataclass(frozen=True)
+class Worker:
+  """This process's place in a tf.distribute cluster (one process: the chief).
+
+  Only the chief writes the run's files; the other workers take part in every collective
+  operation (checkpoint and model saves included) but write into temporary per-worker
+  directories that they delete, as the TF multi-worker guide does.
+  """
+
+  task_type: str = "chief"
+  task_id: int = 0
+  num_workers: int = 1
+  is_chief: bool = True
+
+  def writable_dir(self, path: str) -> str:
+    """`path` for the chief; `<parent>/workertemp_<id>/<name>` for the other workers."""
+    if self.is_chief:
+      return path
+    return os.path.join(os.path.dirname(path), f"workertemp_{self.task_id}",
+                        os.path.basename(path))
+
+  def remove_temporary(self, path: str):
+    """Deletes what `writable_dir(path)` wrote on a non-chief worker."""
+    if not self.is_chief:
+      shutil.rmtree(os.path.dirname(self.writable_dir(path)), ignore_errors=True)
+
+
+def worker_of(strategy: tf.distribute.Strategy) -> Worker:
+  """The `Worker` this process is in `strategy`'s cluster."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
+  if not cluster or resolver.task_type is None:
+    return Worker()
+  task_type, task_id = resolver.task_type, int(resolver.task_id)
+  is_chief = task_type == "chief" or (task_type == "worker" and task_id == 0
+                                      and "chief" not in cluster)
+  num_workers = sum(len(cluster.get(job, [])) for job in ("chief", "worker"))
+  return Worker(task_type, task_id, num_workers, is_chief)
+
+
+def barrier(strategy: tf.distribute.Strategy, worker: Worker):
+  """Returns once every worker got here (a one-number all-reduce; no-op for one worker)."""
+  if worker.num_workers > 1:
+    strategy.reduce(tf.distribute.ReduceOp.SUM,
+                    strategy.run(lambda: tf.constant(1.0)), axis=None).numpy()
+
+
+KILL_AT_ENV = "MM_TF_KILL_AT"
+KILL_DELAY_ENV = "MM_TF_KILL_DELAY_S"
+
+
+def kill_point(name: str):
+  """SIGKILLs this process at the point `name` if $MM_TF_KILL_AT names it (tests only).
+
+  Crash-safety tests kill a run at exact points (a step of a stage, the evaluation, the
+  export) rather than at racy times. With $MM_TF_KILL_DELAY_S the kill comes that many
+  seconds later, from a timer, i.e. in the middle of what follows the point.
+  """
+  if os.environ.get(KILL_AT_ENV) != name:
+    return
+  delay = float(os.environ.get(KILL_DELAY_ENV, "0") or 0)
+  kill = lambda: os.kill(os.getpid(), signal.SIGKILL)
+  if delay <= 0:
+    sys.stdout.flush()
+    kill()
+  timer = threading.Timer(delay, kill)
+  timer.daemon = True
+  timer.start()
 
 
 # ------------------------------------------------------------------ data
@@ -79,19 +229,37 @@ def prepare_data(config):
     logging.info("synthetic_forest ready in %s (%.1f s).", path, time.time() - start)
 
 
-def train_dataset(config, seed_offset=0):
+def train_dataset(config, seed_offset=0, num_shards=1, shard_index=0, skip_examples=0):
+  """The infinite training batches of `config` (see `mm_tf.data.pipeline.train_dataset`)."""
   from mm_tf.data import pipeline  # pylint: disable=g-import-not-at-top
   return pipeline.train_dataset(dataset_spec(config), config.data_dir, config.image_size,
                                 config.batch_size, seed=config.seed + seed_offset,
                                 oracle=config.oracle, augment=config.augment,
-                                skip_bad_examples=config.skip_bad_examples)
+                                skip_bad_examples=config.skip_bad_examples,
+                                num_shards=num_shards, shard_index=shard_index,
+                                skip_examples=skip_examples)
+
+
+def distributed_train_dataset(config, strategy, seed_offset, initial_step):
+  """The training batches for `strategy`, positioned at `initial_step`.
+
+  Each input pipeline (worker) reads its own shard of every stream, batched at the
+  per-replica --batch_size; at every step the replicas' batches together are the batch
+  one replica would get with num_replicas * batch_size. A resumed run skips the examples
+  of the `initial_step` steps already trained, so it sees what an uninterrupted run sees.
+  """
+  skip = initial_step * config.batch_size * strategy.num_replicas_in_sync
+
+  def dataset_fn(context):
+    return train_dataset(config, seed_offset, context.num_input_pipelines,
+                         context.input_pipeline_id, skip)
+
+  return strategy.distribute_datasets_from_function(dataset_fn)
 
 
 def test_dataset(config, batch_size=None):
-  from mm_tf.data import pipeline  # pylint: disable=g-import-not-at-top
-  return pipeline.test_dataset(dataset_spec(config), config.data_dir, config.image_size,
-                               batch_size or config.eval_batch_size,
-                               skip_bad_examples=config.skip_bad_examples)
+  """The test split of `config`'s dataset (see `mm_tf.evaluation.test_dataset`)."""
+  return evaluation.test_dataset(config, batch_size)
 
 
 # ------------------------------------------------------------------ model
@@ -200,13 +368,9 @@ def write_run_files(config, flags_text: Optional[str] = None):
   path = os.path.join(config.model_dir, CONFIG_FILE)
   if os.path.exists(path):
     mm_config.check_compatible(mm_config.ExperimentConfig.from_json_file(path), config)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(config.to_json())
-  os.replace(tmp, path)
+  saving.write_text_atomic(path, config.to_json())
   if flags_text is not None:
-    with open(os.path.join(config.model_dir, FLAGS_FILE), "w") as f:
-      f.write(flags_text)
+    saving.write_text_atomic(os.path.join(config.model_dir, FLAGS_FILE), flags_text)
 
 
 def stage_dir(model_dir, stage):
@@ -240,15 +404,21 @@ def write_image(tag, image, step, description=""):
 
 # ------------------------------------------------------------------ callbacks
 class CheckpointCallback(keras.callbacks.Callback):
-  """Saves a resumable checkpoint every `every` steps and at the end of the stage."""
+  """Saves a resumable checkpoint every `every` steps and at the end of the stage.
 
-  def __init__(self, manager, step, initial_step, every):
+  Every worker saves (saving reads distributed variables collectively); a non-chief
+  worker's manager writes into a temporary directory that `worker` removes again.
+  """
+
+  def __init__(self, manager, step, initial_step, every, worker=None, directory=None):
     super().__init__()
     self.manager = manager
     self.step = step
     self.initial_step = initial_step
     self.every = every
     self.last_saved = initial_step
+    self.worker = worker or Worker()
+    self.directory = directory
 
   def current_step(self, batch):
     return self.initial_step + batch + 1
@@ -261,7 +431,21 @@ class CheckpointCallback(keras.callbacks.Callback):
   def save(self, step):
     self.step.assign(step)
     self.manager.save(checkpoint_number=step)
+    if self.directory:
+      self.worker.remove_temporary(self.directory)
     self.last_saved = step
+
+
+class KillPointCallback(keras.callbacks.Callback):
+  """Calls `kill_point(f"{prefix}_step{n}")` after step n (crash-safety tests)."""
+
+  def __init__(self, prefix, initial_step):
+    super().__init__()
+    self.prefix = prefix
+    self.initial_step = initial_step
+
+  def on_train_batch_end(self, batch, logs=None):
+    kill_point(f"{self.prefix}_step{self.initial_step + batch + 1}")
 
 
 class ProgressCallback(keras.callbacks.Callback):
@@ -399,59 +583,166 @@ def _console_terms(model, spec):
   return ["loss"] + terms[:2] + special[:1] + [t for t in special if t.startswith("pseudo_")][:1]
 
 
-def train_stage(model, config, stage, strategy, writer, probe_batch, restore: bool) -> bool:
-  """Trains one stage to its step count; returns True if steps were run."""
+def run_train_steps(model, strategy: tf.distribute.Strategy, dataset, num_steps: int,
+                    callbacks=(), run_eagerly: bool = False) -> Dict[str, float]:
+  """Runs `num_steps` of `model.train_step` under `strategy`, with Keras callbacks.
+
+  This replaces `model.fit`, which cannot run under MultiWorkerMirroredStrategy with
+  Keras 3 (keras-team/keras#20585: "Attempt to convert a value (PerReplica...)"), and
+  is used for every strategy (the default one included), so there is one loop. Each step
+  is `strategy.run(model.train_step)` in a `tf.function` (not XLA-compiled: argmax
+  pooling has no XLA kernel); the metrics it returns (each replica's running means) are
+  averaged over the replicas, and the callbacks get them as `logs` after every step, as
+  with fit. Every worker must call this with the same `num_steps`.
+
+  Args:
+    model: A compiled model built in `strategy.scope()`, with a `train_step`.
+    strategy: The tf.distribute strategy.
+    dataset: A distributed dataset of `strategy` (see `distributed_train_dataset`) or a
+      `tf.data.Dataset` of per-replica batches, of which each worker then takes every
+      num_workers-th batch.
+    num_steps: Steps to run.
+    callbacks: `keras.callbacks.Callback`s (`on_train_begin`, `on_train_batch_end`,
+      `on_train_end` are called).
+    run_eagerly: Run the step without `tf.function` (no tracing; slower steps).
+
+  Returns:
+    The logs of the last step as floats (empty when `num_steps` is 0).
+  """
+  if isinstance(dataset, tf.data.Dataset):
+    batches = dataset
+    dataset = strategy.distribute_datasets_from_function(
+        lambda context: batches.shard(context.num_input_pipelines, context.input_pipeline_id))
+
+  def one_step(batch):
+    outputs = strategy.run(model.train_step, args=(batch,))
+    return {name: strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None)
+            for name, value in outputs.items()}
+
+  if not run_eagerly:
+    one_step = tf.function(one_step, jit_compile=False)
+  callback_list = keras.callbacks.CallbackList(list(callbacks), model=model)
+  model.reset_metrics()
+  iterator = iter(dataset)
+  logs = {}
+  callback_list.on_train_begin()
+  for batch in range(num_steps):
+    logs = one_step(next(iterator))
+    callback_list.on_train_batch_end(batch, logs)
+  callback_list.on_train_end(logs)
+  return {name: float(value) for name, value in logs.items()}
+
+
+def recalibrate_batch_norm(model, config, strategy, stage) -> bool:
+  """Precise batch-norm statistics at the end of a stage (`--batch_norm_recalibration_batches`).
+
+  Skipped (with a log line) under strategies with several replicas: each replica would
+  compute its own statistics and the workers' weights would no longer be identical.
+  Returns whether the statistics were recalibrated.
+  """
+  if config.batch_norm_recalibration_batches <= 0:
+    return False
+  if strategy.num_replicas_in_sync > 1:
+    logging.info("Batch-norm recalibration skipped: %d replicas.",
+                 strategy.num_replicas_in_sync)
+    return False
+  batches = train_dataset(config, seed_offset=1000 * stage + 999)
+  model.recalibrate_batch_norm(batches.take(config.batch_norm_recalibration_batches))
+  return True
+
+
+def train_stage(model, config, stage, strategy, writer, probe_batch, restore: bool,
+                worker: Optional[Worker] = None) -> bool:
+  """Trains one stage to its step count; returns True if steps were run.
+
+  Resumes from the chief's latest checkpoint of the stage when `restore`; every worker
+  reads it (the model_dir is shared), so all start from the same weights and step.
+  """
+  worker = worker or Worker()
   spec = model.stage_specs[stage]
-  directory = stage_dir(config.model_dir, stage)
+  checkpoint_dir = os.path.join(stage_dir(config.model_dir, stage), "checkpoints")
   with strategy.scope():
     model.set_stage(stage)
     model.compile(run_eagerly=config.run_eagerly)
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="stage_step")
     checkpoint = _make_checkpoint(model, step)
-  manager = tf.train.CheckpointManager(checkpoint, os.path.join(directory, "checkpoints"),
+  manager = tf.train.CheckpointManager(checkpoint, worker.writable_dir(checkpoint_dir),
                                        max_to_keep=config.keep_checkpoints)
   initial_step = 0
-  if restore and manager.latest_checkpoint:
-    checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+  latest = tf.train.latest_checkpoint(checkpoint_dir)
+  if restore and latest:
+    checkpoint.restore(latest).assert_existing_objects_matched()
     initial_step = int(step.numpy())
-    print(f"Stage {stage}: resumed from {manager.latest_checkpoint} at step {initial_step}.",
-          flush=True)
+    print(f"Stage {stage}: resumed from {latest} at step {initial_step}.", flush=True)
   remaining = spec.steps - initial_step
   if remaining <= 0:
     return False
   step_offset = sum(model.stage_specs[s].steps for s in config.stage_numbers() if s < stage)
-  # A different data seed per stage and resume point: a resumed run does not replay the
-  # batches it already trained on.
-  data = train_dataset(config, seed_offset=1000 * stage + initial_step)
-  checkpointer = CheckpointCallback(manager, step, initial_step, config.checkpoint_every_steps)
+  # One data seed per stage; a resumed run skips what it already trained on.
+  data = distributed_train_dataset(config, strategy, seed_offset=1000 * stage,
+                                   initial_step=initial_step)
+  checkpointer = CheckpointCallback(manager, step, initial_step, config.checkpoint_every_steps,
+                                    worker, checkpoint_dir)
   callbacks = [
       ProgressCallback(stage, spec.steps, initial_step, shown=_console_terms(model, spec)),
       TensorBoardCallback(writer, step_offset, initial_step, config.log_every_steps,
                           config.image_summary_every_steps, probe_batch, stage, spec.steps),
       checkpointer,
+      KillPointCallback(_kill_prefix(config, stage), initial_step),
   ]
   start = time.time()
-  model.fit(data, steps_per_epoch=remaining, epochs=1, callbacks=callbacks, verbose=0)
-  if config.batch_norm_recalibration_batches > 0:
-    # Before the stage's final checkpoint, so a resumed run finds the recalibrated values.
-    model.recalibrate_batch_norm(data.take(config.batch_norm_recalibration_batches))
+  run_train_steps(model, strategy, data, remaining, callbacks, config.run_eagerly)
+  recalibrated = recalibrate_batch_norm(model, config, strategy, stage)
+  if recalibrated or checkpointer.last_saved != spec.steps:
+    # After the recalibration, so a resumed run finds the recalibrated statistics.
     checkpointer.save(spec.steps)
-  elif checkpointer.last_saved != spec.steps:
-    checkpointer.save(spec.steps)
+  check_workers_agree(model, strategy, worker, f"Stage {stage}")
   elapsed = time.time() - start
   print(f"Stage {stage}: {remaining} steps in {elapsed:.1f} s "
         f"({1000 * elapsed / remaining:.0f} ms/step).", flush=True)
   return True
 
 
-def _after_stage(model, config, stage, evaluate: bool, timings: Dict[str, float]):
+def check_workers_agree(model, strategy, worker: Worker, label: str):
+  """Raises unless every worker holds the same weights; prints their checksum.
+
+  A cheap guard (one all-gather of a number) against workers that silently diverged, e.g.
+  one resumed from another checkpoint. Synchronous training keeps them bit-identical.
+  """
+  if worker.num_workers <= 1:
+    return
+  local = float(tf.add_n([tf.reduce_sum(tf.cast(v, tf.float64)) for v in model.weights]))
+  gathered = strategy.gather(strategy.run(lambda: tf.constant([local], tf.float64)), axis=0)
+  checksums = [float(c) for c in gathered.numpy()]
+  if len(set(checksums)) != 1:
+    raise RuntimeError(f"{label}: the workers' weights differ (checksums {checksums}).")
+  print(f"{label}: weights of the {len(checksums)} workers agree (checksum {local!r}).",
+        flush=True)
+
+
+def _kill_prefix(config, stage):
+  return "oracle" if config.oracle else f"stage{stage}"
+
+
+def save_model_everywhere(model, path, worker: Worker):
+  """`saving.save_model` on every worker: the chief into `path`, the others temporarily."""
+  saving.save_model(model, worker.writable_dir(path))
+  worker.remove_temporary(path)
+
+
+def _after_stage(model, config, stage, evaluate: bool, timings: Dict[str, float],
+                 worker: Optional[Worker] = None):
   """End-of-stage actions (idempotent): the stage's model and its evaluation."""
+  worker = worker or Worker()
   directory = stage_dir(config.model_dir, stage)
-  done_path = os.path.join(directory, STAGE_DONE_FILE)
-  if not os.path.exists(os.path.join(directory, saving.MODEL_SUBDIR, saving.CONFIG_FILE)):
-    saving.save_model(model, os.path.join(directory, saving.MODEL_SUBDIR))
+  model_path = os.path.join(directory, saving.MODEL_SUBDIR)
+  if not os.path.exists(os.path.join(model_path, saving.CONFIG_FILE)):
+    save_model_everywhere(model, model_path, worker)
+  if not worker.is_chief:
+    return
   eval_dir = os.path.join(config.model_dir, "eval", f"stage_{stage}")
   if evaluate and not os.path.exists(os.path.join(eval_dir, "results.json")):
+    kill_point(f"{_kill_prefix(config, stage)}_eval")
     start = time.time()
     results = evaluation.evaluate_model(model, test_dataset(config),
                                         prediction_examples=config.num_figure_examples)
@@ -459,7 +750,10 @@ def _after_stage(model, config, stage, evaluate: bool, timings: Dict[str, float]
     os.makedirs(eval_dir, exist_ok=True)
     arrays = {f"output/{k}": v for k, v in predictions["outputs"].items()}
     arrays.update({f"input/{k}": v for k, v in predictions["inputs"].items()})
-    np.savez_compressed(os.path.join(eval_dir, "predictions.npz"), **arrays)
+    # results.json (written atomically, last) is what says the evaluation is complete.
+    npz = os.path.join(eval_dir, "predictions.npz")
+    np.savez_compressed(npz + ".tmp.npz", **arrays)
+    os.replace(npz + ".tmp.npz", npz)
     evaluation.write_json(dict(results, stage=stage), os.path.join(eval_dir, "results.json"))
     timings[f"eval_stage_{stage}_s"] = time.time() - start
     headline = evaluation.summary(results)
@@ -467,47 +761,74 @@ def _after_stage(model, config, stage, evaluate: bool, timings: Dict[str, float]
                                                            if k.startswith("AF(")][:3]
     print(f"After stage {stage}: " + ", ".join(f"{k} {headline[k]:.3f}" for k in keys),
           flush=True)
-  with open(done_path, "w") as f:
-    json.dump({"stage": stage, "steps": model.stage_specs[stage].steps}, f)
+  saving.write_text_atomic(os.path.join(directory, STAGE_DONE_FILE),
+                    json.dumps({"stage": stage, "steps": model.stage_specs[stage].steps}))
 
 
-def run_training(config: mm_config.ExperimentConfig, flags_text: Optional[str] = None) -> str:
+def run_training(config: mm_config.ExperimentConfig, flags_text: Optional[str] = None,
+                 strategy: Optional[tf.distribute.Strategy] = None) -> str:
   """Trains every stage of `config` (resuming), then evaluates and exports.
+
+  Under a multi-worker strategy every worker runs this with the same config: all train;
+  only the chief writes the run's files, evaluates and exports.
+
+  Args:
+    config: The run's settings.
+    flags_text: The command line's flags, saved as flags.txt.
+    strategy: The strategy to train under (given for the --with_oracle run, which shares
+      its parent's); default: a new one from --distribution_strategy, after the
+      precision policy is set.
 
   Returns:
     The model_dir.
   """
   run_start = time.time()
   timings = {}
-  set_precision(config.precision)
+  top_level = strategy is None
+  if top_level:
+    mm_config.check_inputs(config)
+    set_precision(config.precision)
+    strategy = make_strategy(config.distribution_strategy)
+  worker = worker_of(strategy)
   keras.utils.set_random_seed(config.seed)
-  strategy = make_strategy(config.distribution_strategy)
-  write_run_files(config, flags_text)
-  prepare_data(config)
+  if worker.is_chief:
+    write_run_files(config, flags_text)
+    prepare_data(config)
+  # The others prepare the data after the chief: on a shared data_dir they find it ready.
+  barrier(strategy, worker)
+  if not worker.is_chief:
+    prepare_data(config)
   with strategy.scope():
     model = build_model(config)
+  model.noise_seed = config.seed
   if config.rgb_encoder_vgg16_h5 and not config.oracle and \
       _latest_stage_with_checkpoint(config) is None:
     load_vgg16_into_rgb_encoder(model, config.rgb_encoder_vgg16_h5)
-  writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "tensorboard"))
+  writer = (tf.summary.create_file_writer(os.path.join(config.model_dir, "tensorboard"))
+            if worker.is_chief else tf.summary.create_noop_writer())
   probe_batch = None
-  try:
-    probe_batch = next(iter(test_dataset(config, batch_size=4)))
-    probe_batch = {k: v for k, v in probe_batch.items() if k in model.modalities}
-  except (StopIteration, tf.errors.OpError, ValueError) as e:
-    logging.warning("No test batch for TensorBoard images/alignment factors: %s", e)
+  if worker.is_chief:
+    try:
+      probe_batch = next(iter(test_dataset(config, batch_size=4)))
+      probe_batch = {k: v for k, v in probe_batch.items() if k in model.modalities}
+    except (StopIteration, tf.errors.OpError, ValueError) as e:
+      logging.warning("No test batch for TensorBoard images/alignment factors: %s", e)
   latest = _latest_stage_with_checkpoint(config)
+  trained = False
   for stage in config.stage_numbers():
     if latest is not None and stage < latest:
       print(f"Stage {stage}: finished earlier; skipped.", flush=True)
       continue
     start = time.time()
-    train_stage(model, config, stage, strategy, writer, probe_batch,
-                restore=latest is not None and stage == latest)
+    trained |= train_stage(model, config, stage, strategy, writer, probe_batch,
+                           restore=latest is not None and stage == latest, worker=worker)
     timings[f"stage_{stage}_s"] = time.time() - start
-    _after_stage(model, config, stage, config.evaluate_each_stage, timings)
-  saving.save_model(model, os.path.join(config.model_dir, saving.MODEL_SUBDIR))
-  print(f"Final model: {os.path.join(config.model_dir, saving.MODEL_SUBDIR)}", flush=True)
+    _after_stage(model, config, stage, config.evaluate_each_stage, timings, worker)
+  final_model = os.path.join(config.model_dir, saving.MODEL_SUBDIR)
+  # Unchanged weights are not saved again: the export stays up to date.
+  if trained or not os.path.exists(os.path.join(final_model, saving.WEIGHTS_FILE)):
+    save_model_everywhere(model, final_model, worker)
+  print(f"Final model: {final_model}", flush=True)
   oracle_dir = config.oracle_model_dir
   if config.with_oracle and not config.oracle:
     oracle_dir = os.path.join(config.model_dir, "oracle")
@@ -515,25 +836,29 @@ def run_training(config: mm_config.ExperimentConfig, flags_text: Optional[str] =
     start = time.time()
     run_training(config.replace(oracle=True, model_dir=oracle_dir, with_oracle=False,
                                 run_evaluation=False, export=False, evaluate_each_stage=False,
-                                oracle_model_dir=""))
+                                oracle_model_dir=""), strategy=strategy)
     timings["oracle_s"] = time.time() - start
-  if config.run_evaluation and not config.oracle:
-    from mm_tf import evaluate  # pylint: disable=g-import-not-at-top
+  if worker.is_chief and config.run_evaluation and not config.oracle:
+    kill_point("final_eval")
     start = time.time()
     # The last stage's evaluation is the final model's: reused, not recomputed.
-    eval_dir = evaluate.evaluate_model_dir(config.model_dir, oracle_model_dir=oracle_dir or None,
-                                           model=model,
-                                           reuse_stage_results=config.evaluate_each_stage)
+    eval_dir = evaluation.evaluate_model_dir(config.model_dir,
+                                             oracle_model_dir=oracle_dir or None, model=model,
+                                             reuse_stage_results=config.evaluate_each_stage)
     timings["final_eval_s"] = time.time() - start
     print(f"Evaluation: {os.path.join(eval_dir, 'results.md')}", flush=True)
-  if config.export and not config.oracle:
+  if worker.is_chief and config.export and not config.oracle:
+    kill_point("export")
     start = time.time()
     export_model(config.model_dir, examples_from=_examples_dir(config))
     timings["export_s"] = time.time() - start
   timings["total_s"] = time.time() - run_start
-  with open(os.path.join(config.model_dir, "timings.json"), "w") as f:
-    json.dump(timings, f, indent=2)
+  if worker.is_chief:
+    saving.write_text_atomic(os.path.join(config.model_dir, "timings.json"),
+                      json.dumps(timings, indent=2))
   print("Timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()), flush=True)
+  if top_level:
+    barrier(strategy, worker)  # The workers leave together, after the chief's last file.
   return config.model_dir
 
 
@@ -547,21 +872,24 @@ def _examples_dir(config):
 
 
 def export_model(model_dir, examples_from=None):
-  """Runs `python -m mm_tf.export --model_dir` if mm_tf.export exists (ISSUE 5)."""
-  try:
-    import importlib.util  # pylint: disable=g-import-not-at-top
-    available = importlib.util.find_spec("mm_tf.export") is not None
-  except ImportError:
-    available = False
-  if not available:
-    print("Export skipped: mm_tf.export is not available in this version.", flush=True)
+  """Exports the final model of `model_dir` into `<model_dir>/export` (mm_tf.export).
+
+  Skipped when that export is newer than the final model (a re-run of a finished run).
+  In this process, so that a killed run leaves no export running behind it; the model is
+  loaded from disk, outside any strategy scope, so the export holds exactly what was saved.
+  `examples_from`: a dataset directory in the Freiburg layout whose first test scenes the
+  export carries for the demo page.
+  """
+  from mm_tf import export  # pylint: disable=g-import-not-at-top
+  export_dir = os.path.join(model_dir, "export")
+  weights = os.path.join(model_dir, saving.MODEL_SUBDIR, saving.WEIGHTS_FILE)
+  models_config = os.path.join(export_dir, export.MODELS_CONFIG_FILE)
+  if (os.path.exists(models_config)
+      and os.path.getmtime(models_config) >= os.path.getmtime(weights)):
+    print(f"Export: {export_dir} is up to date.", flush=True)
     return
-  command = [sys.executable, "-m", "mm_tf.export", f"--model_dir={model_dir}",
-             f"--export_dir={os.path.join(model_dir, 'export')}"]
+  export.export_model(saving.load_model(model_dir), export_dir)
   if examples_from and os.path.isdir(examples_from):
-    command.append(f"--examples_from={examples_from}")
-  result = subprocess.run(command, check=False)
-  if result.returncode:
-    print(f"Export failed (exit {result.returncode}): {' '.join(command)}", flush=True)
-  else:
-    print(f"Export: {os.path.join(model_dir, 'export')}", flush=True)
+    from mm_tf.demo import examples  # pylint: disable=g-import-not-at-top
+    examples.write_examples(export_dir, examples_from)
+  print(f"Export: {export_dir}", flush=True)

@@ -85,6 +85,96 @@ class TrainCliTest(tf.test.TestCase):
     self.assertIn("--width", refused.stdout + refused.stderr)
 
 
+class UserErrorTest(tf.test.TestCase):
+  """User mistakes end with one line on stderr and exit status 2, before TensorFlow loads."""
+
+  def _run(self, module, flags, only_line=True):
+    start = time.time()
+    result = subprocess.run([sys.executable, "-m", module] + flags, cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    if only_line:  # Checked before TensorFlow is imported: fast, and nothing else on stderr.
+      self.assertLess(time.time() - start, 30)
+    self.assertEqual(result.returncode, 2, result.stderr[-2000:])
+    lines = result.stderr.strip().splitlines()
+    if only_line:
+      self.assertLen(lines, 1, result.stderr[-2000:])
+    self.assertNotIn("Traceback", result.stderr)
+    self.assertStartsWith(lines[-1], f"{module}: error: ")
+    return lines[-1]
+
+  def test_missing_dataset(self):
+    root = tempfile.mkdtemp(dir=self.get_temp_dir())
+    line = self._run("mm_tf.train", ["--flagfile=configs/freiburg.flags",
+                                     f"--data_dir={root}/data", f"--model_dir={root}/run"])
+    self.assertStartsWith(line, "mm_tf.train: error: Dataset freiburg_forest not found")
+    self.assertIn("docs/data.md", line)
+    self.assertFalse(os.path.exists(os.path.join(root, "run")))  # Nothing was started.
+
+  def test_unreadable_flag_value_and_flagfile(self):
+    self.assertIn("--steps=1,x,3: every value must be an integer",
+                  self._run("mm_tf.train", ["--steps=1,x,3"]))
+    self.assertIn("Unable to open flagfile", self._run("mm_tf.train",
+                                                       ["--flagfile=/nonexistent.flags"]))
+
+  def test_wrong_model_dir(self):
+    root = tempfile.mkdtemp(dir=self.get_temp_dir())
+    a_file = os.path.join(root, "file")
+    open(a_file, "w").close()
+    self.assertIn("is a file, not a directory",
+                  self._run("mm_tf.train", [f"--model_dir={a_file}"]))
+    self.assertIn("--model_dir is required", self._run("mm_tf.evaluate", []))
+    self.assertIn("is not a training model_dir",
+                  self._run("mm_tf.evaluate", [f"--model_dir={root}"]))
+
+  def test_export_and_serve_directories(self):
+    # These two import TensorFlow first (its start-up log lines come before the error).
+    root = tempfile.mkdtemp(dir=self.get_temp_dir())
+    self.assertIn("No trained model in", self._run(
+        "mm_tf.export", [f"--model_dir={root}", f"--export_dir={root}/export"],
+        only_line=False))
+    self.assertIn("does not exist", self._run(
+        "mm_tf.serve", [f"--export_dir={root}/missing", "--port=0"], only_line=False))
+
+
+class RuntimeChoicesTest(tf.test.TestCase):
+
+  def test_precision_auto(self):
+    from unittest import mock  # pylint: disable=g-import-not-at-top
+    with mock.patch.object(tf.config, "list_physical_devices", return_value=[]):
+      for flags, expected in (({"amx_bf16", "avx512_bf16"}, "mixed_bfloat16"),
+                              ({"avx512_bf16"}, "float32"), ({"avx2"}, "float32")):
+        with mock.patch.object(training, "_cpu_flags", return_value=frozenset(flags)):
+          policy, reason = training.choose_precision()
+          self.assertEqual(policy, expected, reason)
+          self.assertIn("CPU", reason)
+
+  def test_dataset_names_are_known_without_tensorflow(self):
+    from mm_tf import data as mm_data  # pylint: disable=g-import-not-at-top
+    self.assertEqual(mm_config.DATASETS, mm_data.dataset_names())
+    for name in mm_config.DATASETS:  # check_inputs looks for <data_dir>/<name>.
+      self.assertEqual(mm_data.get_dataset_spec(name).source_dir, name)
+
+  def test_no_library_module_imports_a_command_line_module(self):
+    import ast  # pylint: disable=g-import-not-at-top
+    package = os.path.join(REPO, "mm_tf")
+    command_lines = {"train", "evaluate"}
+    for directory, _, names in os.walk(package):
+      for name in names:
+        if not name.endswith(".py"):
+          continue
+        with open(os.path.join(directory, name)) as f:
+          tree = ast.parse(f.read())
+        imported = set()
+        for node in ast.walk(tree):
+          if isinstance(node, ast.ImportFrom) and node.module == "mm_tf":
+            imported |= {alias.name for alias in node.names}
+          elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mm_tf."):
+            imported.add(node.module.split(".")[1])
+        self.assertEmpty(imported & command_lines, msg=name)
+        if name == "evaluation.py":
+          self.assertNotIn("training", imported)
+
+
 class CompatibilityTest(tf.test.TestCase):
 
   def test_incompatible_flag_is_refused_and_compatible_accepted(self):

@@ -263,7 +263,8 @@ def _examples(ds, builder, spec, image_size, skip_bad_examples):
 def train_dataset(spec, data_dir: str, image_size: int, batch_size: int, seed: int,
                   oracle: bool = False, augment: bool = True, skip_bad_examples: bool = False,
                   max_scale: float = DEFAULT_MAX_SCALE,
-                  shuffle_buffer: int = 1024) -> tf.data.Dataset:
+                  shuffle_buffer: int = 1024, num_shards: int = 1, shard_index: int = 0,
+                  skip_examples: int = 0) -> tf.data.Dataset:
   """The infinite, batched zero-pair training streams of a dataset.
 
   Args:
@@ -279,6 +280,14 @@ def train_dataset(spec, data_dir: str, image_size: int, batch_size: int, seed: i
     skip_bad_examples: Skip and log bad examples instead of failing.
     max_scale: Largest zoom of the scale augmentation.
     shuffle_buffer: Upper bound of each stream's shuffle buffer.
+    num_shards: Number of input pipelines (tf.distribute workers) sharing the streams.
+    shard_index: This pipeline's index: it gets examples shard_index, shard_index +
+      num_shards, ... of each stream's seeded order, so at every step the shards' batches
+      together are exactly the batch of one pipeline with num_shards times the batch size,
+      and no two shards hold the same example.
+    skip_examples: Examples of each stream's seeded order to skip (in the unsharded order)
+      before sharding: a resumed run continues where it stopped. Skipped examples are not
+      decoded (only their encoded bytes are read).
 
   Returns:
     tf.data.Dataset of {stream_name: {modality_name: tensor}} (see module doc).
@@ -300,8 +309,12 @@ def train_dataset(spec, data_dir: str, image_size: int, batch_size: int, seed: i
     sizes[datasets.stream_name(stream)] = count
     ds = ds.shuffle(max(1, min(shuffle_buffer, count)), seed=seed * 7919 + k,
                     reshuffle_each_iteration=True).repeat()
-    ds = _examples(ds, builder, spec, image_size, skip_bad_examples)
     aug_seeds = tf.data.Dataset.random(seed=seed * 104729 + k).batch(2)
+    # Skipped and sharded alike, before decoding: the example at position p of the seeded
+    # order keeps augmentation seed p whatever the sharding or resume point.
+    ds = ds.skip(skip_examples).shard(num_shards, shard_index)
+    aug_seeds = aug_seeds.skip(skip_examples).shard(num_shards, shard_index)
+    ds = _examples(ds, builder, spec, image_size, skip_bad_examples)
 
     def transform(x, pair_seed, stream=stream):
       raw = {name: x[name] for name in stream}
