@@ -447,8 +447,8 @@ class MixAndMatchNetworks(keras.Model):
 
     Every network runs once per step on everything routed through it (inputs of all
     streams and routes concatenated along the batch, switches included: they index
-    within one image), not once per route. That is 4 encoder and about 8 decoder calls
-    instead of 5 and up to 19 with four modalities: bigger, cheaper convolutions on a
+    within one image), not once per route. That is 4 encoder and at most 10 decoder calls
+    instead of 5 and 19 with four modalities: bigger, cheaper convolutions on a
     CPU, and batch norm in training mode normalises a decoder's inputs from every source
     together, as its moving statistics (used at test time, also for zero-pair
     translations) do. Pseudo-pair outputs are decoded in a call of their own so that, not
