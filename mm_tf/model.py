@@ -417,14 +417,15 @@ class MixAndMatchNetworks(keras.Model):
     return encoder(self.modalities[modality].encoder_input(x),
                    training=not self._is_frozen(encoder))
 
-  def _noisy(self, latent, key: str):
-    """`latent` plus N(0, noise_std) noise when the stage turns latent noise on.
+  def _noisy(self, latent, key: str, spec: Optional[mm_stages.StageSpec] = None):
+    """`latent` plus N(0, noise_std) noise when the stage `spec` (default: current) turns
+    latent noise on.
 
     The noise is stateless, a function of (noise_seed, stage, `key`, step, replica): a run
     resumed from a checkpoint draws the same noise at a step as an uninterrupted run, and
     the replicas of a tf.distribute strategy draw different noise.
     """
-    if not self.stage_spec.latent_noise or self.noise_std <= 0:
+    if not (spec or self.stage_spec).latent_noise or self.noise_std <= 0:
       return latent
     context = tf.distribute.get_replica_context()
     replica = context.replica_id_in_sync_group if context is not None else 0
@@ -482,7 +483,7 @@ class MixAndMatchNetworks(keras.Model):
       latent, side = self._encode_for_training(modality, tf.concat(inputs, axis=0))
       sizes = _batch_sizes(inputs)
       latents = _split_batch(latent, sizes)
-      noisy_latents = _split_batch(self._noisy(latent, modality), sizes)
+      noisy_latents = _split_batch(self._noisy(latent, modality, spec), sizes)
       sides = list(zip(*[_split_batch(t, sizes) for t in side])) or [()] * len(streams)
       for index, stream in enumerate(streams):
         encoded[stream, modality] = (latents[index], tuple(sides[index]))

@@ -365,6 +365,16 @@ class BatchNormRecalibrationTest(tf.test.TestCase):
     self.assertLess(latent_gap(), 1e-3)
     self.assertGreater(gap_before, 1e-2)
 
+  def test_statistics_are_those_without_latent_noise(self):
+    batch = structured_batch()
+    noisy, clean = make_model(noise_std=100.0), make_model(noise_std=0.0)
+    clean.set_weights(noisy.get_weights())
+    for model in (noisy, clean):
+      model.set_stage(2)  # Latent noise on.
+      model.recalibrate_batch_norm([batch])
+    self.assertAllClose(noisy.decoders["segmentation"].get_weights(),
+                        clean.decoders["segmentation"].get_weights())
+
   def test_frozen_modules_keep_their_statistics(self):
     model = make_model()
     batch = structured_batch()
