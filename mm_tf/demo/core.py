@@ -205,6 +205,26 @@ def fit_inputs(manifest: Mapping, images: Dict[str, np.ndarray], size_mode: str 
 
 
 # ---------------------------------------------------------------- translation
+class _RegistryTransport:
+  """The client transport of `RegistryClient`: numpy arrays to and from `predict`."""
+
+  def __init__(self, client):
+    self.client = client
+
+  def signature(self, signature_name):
+    return signature_name
+
+  def from_array(self, array):
+    return np.asarray(array)
+
+  def to_array(self, value, dtype=None):
+    return np.asarray(value, dtype=dtype)
+
+  def call(self, model, signature_name, wire, version=None, request_format=None):
+    del request_format
+    return self.client.predict(model, wire, signature_name, version)
+
+
 class RegistryClient(serving_client.ServingClient):
   """`ServingClient` whose requests are direct calls of the server's loaded SavedModels.
 
@@ -215,6 +235,13 @@ class RegistryClient(serving_client.ServingClient):
   def __init__(self, registry, manifest):
     super().__init__("http://in-process", manifest=manifest)
     self.registry = registry
+    # Every composition goes through the client's transports: this one hands arrays to
+    # `predict` below instead of sending them over HTTP or gRPC.
+    self._numbers = self._bytes = _RegistryTransport(self)
+
+  def _module_transport(self, model):
+    del model  # No signature choice to make: arrays go in as they are.
+    return self._numbers
 
   def predict(self, model, inputs, signature_name=mm_export.SERVING_SIGNATURE, version=None,
               request_format=None):
