@@ -47,6 +47,9 @@ def _flags(model_dir, data_dir, batch_size):
           "--width=0.0625", f"--batch_size={batch_size}", "--steps=1,2,1",
           "--checkpoint_every_steps=1", "--log_every_steps=1",
           "--image_summary_every_steps=100", "--nolatent_noise", "--noexport",
+          # Precise BN is skipped under several replicas; off here too so the one-worker
+          # reference trains the same thing.
+          "--batch_norm_recalibration_batches=0",
           "--norun_evaluation", "--noevaluate_each_stage", "--precision=float32",
           "--run_eagerly"]
 
