@@ -209,7 +209,7 @@ def define_flags():
   flags.DEFINE_string("data_dir", d.data_dir, "Project data directory. Raw files of dataset X "
                       "live in <data_dir>/X (see docs/data.md); tfds caches in <data_dir>/tfds.")
   flags.DEFINE_integer("image_size", d.image_size, "Height and width (pixels) the images are "
-                       "resized/cropped to; a multiple of 32 (paper: 256).")
+                       "resized/cropped to; a multiple of 2**num_pools (paper: 256).")
   flags.DEFINE_integer("batch_size", d.batch_size, "Examples per training stream per step "
                        "(paper: 6).")
   flags.DEFINE_bool("augment", d.augment, "Random scale/crop/flip of training examples.")

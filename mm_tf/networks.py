@@ -26,7 +26,6 @@ from mm_tf import modalities as mm_modalities
 
 SIDE_INFORMATION = ("switches", "skip", "none")
 NUM_POOLS = 5  # The paper's (VGG16's) pooling levels; the default of every network.
-SIZE_MULTIPLE = 2**NUM_POOLS
 
 # Table 9: conv channels per pooling stage (shallow -> deep).
 ENCODER_FILTERS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))

@@ -398,7 +398,8 @@ class ServingClient:
       source: Source modality, e.g. "depth".
       target: Target modality, e.g. "segmentation".
       images: Raw batch: float [B, H, W, C] (depth in metres, rgb/nir 0..255) or int
-        labels [B, H, W] for segmentation. H and W multiples of 32.
+        labels [B, H, W] for segmentation. H and W multiples of the manifest's
+        size_multiple (2**num_pools: 32 with the paper's five pools).
       via: "modules" (encoder request + decoder request) or "mmnet" (one request to
         the mmnet model's `<source>_to_<target>` signature).
     """
