@@ -29,8 +29,8 @@ Serving contract (DESIGN.md), read from the modality descriptions, never from na
     distinct modalities, and `<a>_and_<b>[_and_<c>]_to_<target>` (one input per source,
     named after it) with the default fusion weights of `model.multimodal_weights`.
 
-Batch size, height and width are dynamic (height and width multiples of the model's size_multiple, 2**num_pools). Nothing is
-XLA-compiled: `max_pool_with_argmax` has no XLA kernel. Variables are stored once: the
+Batch size, height and width are dynamic (height and width multiples of the model's
+`size_multiple`, 2**num_pools). Nothing is XLA-compiled: `max_pool_with_argmax` has no XLA kernel. Variables are stored once: the
 SavedModel root tracks only the variables the signatures capture (Keras' `model.export`
 tracks them twice, NOTES.md 5).
 
