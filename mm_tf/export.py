@@ -30,9 +30,9 @@ Serving contract (DESIGN.md), read from the modality descriptions, never from na
     named after it) with the default fusion weights of `model.multimodal_weights`.
 
 Batch size, height and width are dynamic (height and width multiples of the model's
-`size_multiple`, 2**num_pools). Nothing is XLA-compiled: `max_pool_with_argmax` has no XLA kernel. Variables are stored once: the
-SavedModel root tracks only the variables the signatures capture (Keras' `model.export`
-tracks them twice, NOTES.md 5).
+`size_multiple`, 2**num_pools). Nothing is XLA-compiled: `max_pool_with_argmax` has no XLA
+kernel. Variables are stored once: the SavedModel root tracks only the variables the
+signatures capture (Keras' `model.export` tracks them twice, NOTES.md 5).
 
 Atomicity: all SavedModels of a version are written into one staging directory inside
 `export_dir` (`.export-staging-*`, not a version number, so no server loads it), then each
