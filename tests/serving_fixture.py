@@ -61,3 +61,13 @@ def exported():
   export_dir = os.path.join(root, "serving")
   export.export_model(model, export_dir, version=1)
   return model, export_dir, model_dir
+
+
+def depth_to_segmentation_case(model):
+  """(depth, rgb, softmax, labels): raw inputs and the in-process depth->segmentation result
+  that every serving test composes against."""
+  modalities = model.modalities
+  depth = raw_batch(modalities["depth"], batch=2)
+  rgb = raw_batch(modalities["rgb"], batch=2, seed=1)
+  logits = model.translate("depth", "segmentation", modalities["depth"].normalize(depth))
+  return depth, rgb, tf.nn.softmax(logits).numpy(), tf.argmax(logits, -1).numpy()

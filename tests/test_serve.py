@@ -30,12 +30,8 @@ class ServeTest(tf.test.TestCase):
     cls.thread.start()
     cls.url = f"http://127.0.0.1:{cls.server.port}"
     cls.manifest = f"{cls.export_dir}/manifest.json"
-    modalities = cls.model.modalities
-    cls.depth = serving_fixture.raw_batch(modalities["depth"], batch=2)
-    cls.rgb = serving_fixture.raw_batch(modalities["rgb"], batch=2, seed=1)
-    logits = cls.model.translate("depth", "segmentation", modalities["depth"].normalize(cls.depth))
-    cls.expected = tf.nn.softmax(logits).numpy()
-    cls.expected_labels = tf.argmax(logits, -1).numpy()
+    cls.depth, cls.rgb, cls.expected, cls.expected_labels = (
+        serving_fixture.depth_to_segmentation_case(cls.model))
 
   @classmethod
   def tearDownClass(cls):
