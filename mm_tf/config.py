@@ -61,6 +61,7 @@ class ExperimentConfig:
   # lambda_L2, GAN weight, lambda_A, lambda_PP), one value per stage.
   steps: Tuple[int, int, int] = mm_stages.PAPER_STEPS
   learning_rate: Tuple[float, float, float] = (2e-4, 2e-4, 2e-5)
+  learning_rate_decay: str = "constant"
   lambda_rgb: Tuple[float, float, float] = (1.0, 10.0, 10.0)
   lambda_segmentation: Tuple[float, float, float] = (100.0, 100.0, 100.0)
   lambda_depth: Tuple[float, float, float] = (10.0, 10.0, 10.0)
@@ -106,6 +107,8 @@ class ExperimentConfig:
     _check_choice("side_information", self.side_information, SIDE_INFORMATION)
     _check_choice("dataset", self.dataset, DATASETS)
     _check_choice("class_balancing", self.class_balancing, CLASS_BALANCING)
+    _check_choice("learning_rate_decay", self.learning_rate_decay,
+                  mm_stages.LEARNING_RATE_DECAYS)
     if not 1 <= self.num_pools <= 5:
       raise errors.ConfigError(f"--num_pools must be between 1 and 5 (the paper's VGG16 encoder "
                                f"has 5 pooling levels), got {self.num_pools}.")
@@ -134,6 +137,7 @@ class ExperimentConfig:
       steps = self.oracle_steps if self.oracle_steps >= 0 else sum(self.steps)
       return {1: mm_stages.StageSpec(
           number=1, steps=steps, learning_rate=self.learning_rate[0],
+          learning_rate_decay=self.learning_rate_decay,
           modality_weights=self._modality_weights(0), l2_weight=self.lambda_l2[0],
           gan_weight=self.lambda_gan[0], latent_weight=self.lambda_latent[0])}
     specs = {}
@@ -141,6 +145,7 @@ class ExperimentConfig:
       later = number > 1
       specs[number] = mm_stages.StageSpec(
           number=number, steps=self.steps[index], learning_rate=self.learning_rate[index],
+          learning_rate_decay=self.learning_rate_decay,
           autoencoders=later and self.autoencoders,
           latent_consistency=later and self.latent_consistency,
           latent_noise=later and self.latent_noise,
@@ -248,6 +253,12 @@ def define_flags():
                     "pseudo-pairs.")
   flags.DEFINE_list("learning_rate", floats(d.learning_rate), "Adam learning rate of stages "
                     "1,2,3 (paper: 2e-4,2e-4,2e-5).")
+  flags.DEFINE_enum("learning_rate_decay", d.learning_rate_decay,
+                    list(mm_stages.LEARNING_RATE_DECAYS), "How each stage's learning rate "
+                    "changes over its steps: constant (the paper, which trains 200K steps a "
+                    "stage) or cosine (from --learning_rate to 0 by the stage's last step; "
+                    "for short schedules, where the last steps at a high constant rate leave "
+                    "noisy weights that the next stage then freezes).")
   flags.DEFINE_list("lambda_rgb", floats(d.lambda_rgb), "lambda_R per stage: weight of the RGB "
                     "loss (paper: 1,10,10).")
   flags.DEFINE_list("lambda_segmentation", floats(d.lambda_segmentation), "lambda_S per stage: "

@@ -370,10 +370,13 @@ class MixAndMatchNetworks(keras.Model):
   def compile(self, generator_optimizer=None, discriminator_optimizer=None, **kwargs):
     """Sets the two optimizers (defaults: Adam at the stage's learning rate, beta1 0.5).
 
+    The rate follows the stage's `learning_rate_decay`; each stage's optimizer counts its
+    own steps (saved in the stage's checkpoints), so a resumed stage continues its schedule.
+
     `jit_compile` defaults to False: `tf.nn.max_pool_with_argmax` has no XLA kernel.
     """
     kwargs.setdefault("jit_compile", False)
-    learning_rate = self.stage_spec.learning_rate
+    learning_rate = self.stage_spec.learning_rate_schedule()
     self.generator_optimizer = generator_optimizer or keras.optimizers.Adam(
         learning_rate, beta_1=0.5, name="generator_adam")
     self.discriminator_optimizer = discriminator_optimizer or keras.optimizers.Adam(

@@ -13,6 +13,7 @@ PAPER_STEPS = (200_000, 200_000, 100_000)
 # uses the same loss as depth (BerHu), so it gets lambda_D.
 STAGE1_MODALITY_WEIGHTS = {"rgb": 1.0, "segmentation": 100.0, "depth": 10.0, "nir": 10.0}
 STAGE2_MODALITY_WEIGHTS = {"rgb": 10.0, "segmentation": 100.0, "depth": 10.0, "nir": 10.0}
+LEARNING_RATE_DECAYS = ("constant", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +35,8 @@ class StageSpec:
     gan_weight: Weight of the LSGAN generator term inside the RGB loss (paper: 1).
     latent_weight: lambda_A.
     pseudo_pair_weight: lambda_PP.
+    learning_rate_decay: "constant" (the paper) or "cosine": the rate falls from
+      `learning_rate` to 0 over the stage's steps along a half cosine.
   """
 
   number: int
@@ -50,6 +53,7 @@ class StageSpec:
   gan_weight: float = 1.0
   latent_weight: float = 1.0
   pseudo_pair_weight: float = 0.0
+  learning_rate_decay: str = "constant"
 
   def __post_init__(self):
     if self.number not in (1, 2, 3):
@@ -57,6 +61,9 @@ class StageSpec:
     if self.steps < 0 or self.learning_rate <= 0:
       raise ValueError(f"Stage {self.number}: steps must be >= 0 and learning_rate > 0, got "
                        f"{self.steps} and {self.learning_rate}.")
+    if self.learning_rate_decay not in LEARNING_RATE_DECAYS:
+      raise ValueError(f"Stage {self.number}: learning_rate_decay must be one of "
+                       f"{', '.join(LEARNING_RATE_DECAYS)}, got {self.learning_rate_decay!r}.")
     object.__setattr__(self, "frozen", tuple(self.frozen))
     object.__setattr__(self, "modality_weights", dict(self.modality_weights))
 
@@ -74,6 +81,13 @@ class StageSpec:
   @classmethod
   def from_config(cls, config) -> "StageSpec":
     return cls(**config)
+
+  def learning_rate_schedule(self):
+    """The stage's Adam learning rate: a float, or a schedule over the stage's steps."""
+    if self.learning_rate_decay == "cosine" and self.steps > 0:
+      import keras  # pylint: disable=import-outside-toplevel  (keeps this module light)
+      return keras.optimizers.schedules.CosineDecay(self.learning_rate, self.steps)
+    return self.learning_rate
 
   def replace(self, **changes) -> "StageSpec":
     return dataclasses.replace(self, **changes)
