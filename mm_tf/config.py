@@ -134,11 +134,16 @@ class ExperimentConfig:
     """The `StageSpec`s of this run (paper 6.1 structure; values from the flags)."""
     if self.oracle:
       # The oracle sees the (x, segmentation) pairs directly: translations only, one stage.
+      # It is judged on x -> segmentation only, so the reverse translations get weight 0 and
+      # are not computed: they would train the segmentation encoder and the depth/NIR
+      # decoders, which no x -> segmentation translation uses (the same oracle, ~2x faster).
       steps = self.oracle_steps if self.oracle_steps >= 0 else sum(self.steps)
+      weights = {name: (weight if name == "segmentation" else 0.0)
+                 for name, weight in self._modality_weights(0).items()}
       return {1: mm_stages.StageSpec(
           number=1, steps=steps, learning_rate=self.learning_rate[0],
           learning_rate_decay=self.learning_rate_decay,
-          modality_weights=self._modality_weights(0), l2_weight=self.lambda_l2[0],
+          modality_weights=weights, l2_weight=self.lambda_l2[0],
           gan_weight=self.lambda_gan[0], latent_weight=self.lambda_latent[0])}
     specs = {}
     for index, number in enumerate((1, 2, 3)):

@@ -176,8 +176,13 @@ class MixAndMatchNetworks(keras.Model):
     # The base method explicitly: subclasses add their own terms after __init__.
     return MixAndMatchNetworks.active_term_names(self, every_term)
 
-  def _adversarial_modalities(self):
-    return [name for name, m in self.modalities.items() if m.adversarial]
+  def _adversarial_modalities(self, spec: Optional[mm_stages.StageSpec] = None):
+    """Modalities with a GAN term: all adversarial ones, or (given a stage `spec`) those the
+    stage generates and weighs adversarially."""
+    names = [name for name, m in self.modalities.items() if m.adversarial]
+    if spec is not None:
+      names = [n for n in names if spec.gan_weight > 0 and spec.modality_weight(n) != 0]
+    return names
 
   def build_networks(self, image_size):
     """Creates every variable by running each network once on a zero batch."""
@@ -398,15 +403,17 @@ class MixAndMatchNetworks(keras.Model):
     names = []
     for stream in self.streams:
       for other in stream[1:]:
-        names += [f"{self.anchor}_to_{other}", f"{other}_to_{self.anchor}"]
+        names += [f"{s}_to_{t}" for s, t in ((self.anchor, other), (other, self.anchor))
+                  if spec.modality_weight(t) != 0]
       if spec.autoencoders:
-        names += [f"{m}_to_{m}" for m in stream]
+        names += [f"{m}_to_{m}" for m in stream if spec.modality_weight(m) != 0]
       if spec.latent_consistency:
         names += [f"latent_{self.anchor}_{m}" for m in stream[1:]]
       if spec.pseudo_pairs:
         names += [f"pseudo_{s}_to_{t}" for s, t in self._pseudo_pairs(stream)]
-    if self._adversarial_modalities() and spec.gan_weight > 0:
-      names += [f"{m}_gan" for m in self._adversarial_modalities()] + ["discriminator"]
+    adversarial = self._adversarial_modalities(spec)
+    if adversarial:
+      names += [f"{m}_gan" for m in adversarial] + ["discriminator"]
     return list(dict.fromkeys(names))
 
   def generator_variables(self):
@@ -476,10 +483,28 @@ class MixAndMatchNetworks(keras.Model):
           raise ValueError(f"Stream {stream_name(stream)!r} of the batch lacks modality "
                            f"{modality!r}.")
 
-    # Encoders: one call per modality on its images from every stream.
+    # Routes (stream, source, target, term name); a translation whose target weighs 0 in
+    # this stage is not computed (e.g. the oracle's reverse translations, see config).
+    routes, pseudo_routes = [], []
+    for stream in self.streams:
+      pairs = [(self.anchor, o) for o in stream[1:]] + [(o, self.anchor) for o in stream[1:]]
+      if spec.autoencoders:
+        pairs += [(m, m) for m in stream]
+      routes += [(stream, s, t, f"{s}_to_{t}") for s, t in pairs
+                 if spec.modality_weight(t) != 0]
+      if spec.pseudo_pairs:
+        pseudo_routes += [(stream, s, t, f"pseudo_{s}_to_{t}")
+                          for s, t in self._pseudo_pairs(stream)]
+    # The latents some term needs.
+    needed = {(r[0], r[1]) for r in routes + pseudo_routes}
+    needed |= {(r[0], self.anchor) for r in pseudo_routes}
+    if spec.latent_consistency:
+      needed |= {(stream, m) for stream in self.streams for m in stream}
+
+    # Encoders: one call per modality on its images from every stream that needs them.
     encoded, noisy = {}, {}
     for modality in self.modalities:
-      streams = [s for s in self.streams if modality in s]
+      streams = [s for s in self.streams if (s, modality) in needed]
       if not streams:
         continue
       inputs = [data[s][modality] for s in streams]
@@ -492,16 +517,7 @@ class MixAndMatchNetworks(keras.Model):
         encoded[stream, modality] = (latents[index], tuple(sides[index]))
         noisy[stream, modality] = noisy_latents[index]
 
-    # Routes (stream, source, target, term name) grouped into one decoder call each.
-    routes, pseudo_routes = [], []
-    for stream in self.streams:
-      pairs = [(self.anchor, o) for o in stream[1:]] + [(o, self.anchor) for o in stream[1:]]
-      if spec.autoencoders:
-        pairs += [(m, m) for m in stream]
-      routes += [(stream, s, t, f"{s}_to_{t}") for s, t in pairs]
-      if spec.pseudo_pairs:
-        pseudo_routes += [(stream, s, t, f"pseudo_{s}_to_{t}")
-                          for s, t in self._pseudo_pairs(stream)]
+    # Routes grouped into one decoder call per target.
     outputs = {}
     for group in (routes, pseudo_routes):
       for target in self.modalities:
@@ -622,7 +638,7 @@ class MixAndMatchNetworks(keras.Model):
 
   def train_step(self, data):
     spec = self.stage_spec
-    adversarial = self._adversarial_modalities() if spec.gan_weight > 0 else []
+    adversarial = self._adversarial_modalities(spec)
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     variables = self.generator_variables()
     with tf.GradientTape() as tape:

@@ -99,6 +99,31 @@ class RoutingTest(tf.test.TestCase, parameterized.TestCase):
     self.assertIn("rgb_to_segmentation", history.history)
     self.assertNotIn("nir_to_rgb", history.history)
 
+  def test_zero_weight_translations_are_not_computed(self):
+    # The oracle's setting: only x -> segmentation weighs; the reverse terms, their decoders
+    # and the segmentation encoder are skipped, and the x -> segmentation losses are
+    # exactly those of the model that also computes the reverse terms.
+    oracle_streams = [("segmentation", "depth"), ("segmentation", "nir")]
+    names = ["segmentation", "depth", "nir"]
+    full = make_model(names, oracle_streams, anchor="segmentation")
+    weights = {"rgb": 1.0, "segmentation": 100.0, "depth": 0.0, "nir": 0.0}
+    spec = full.stage_specs[1].replace(modality_weights=weights, gan_weight=0.0)
+    batch = structured_batch(names, oracle_streams)
+    terms, _ = full.compute_loss_terms(batch, spec)
+    self.assertEqual(sorted(terms), ["depth_to_segmentation", "nir_to_segmentation"])
+    self.assertEqual(full.active_term_names(spec), ["depth_to_segmentation",
+                                                    "nir_to_segmentation"])
+    all_terms, _ = full.compute_loss_terms(batch, spec.replace(
+        modality_weights=dict(weights, depth=10.0, nir=10.0)))
+    self.assertIn("segmentation_to_depth", all_terms)
+    for name in terms:
+      self.assertAllClose(terms[name][0], all_terms[name][0])
+    encoded = []
+    encode = full._encode_for_training  # pylint: disable=protected-access
+    full._encode_for_training = lambda m, x: encoded.append(m) or encode(m, x)
+    full.compute_loss_terms(batch, spec)
+    self.assertCountEqual(encoded, ["depth", "nir"])
+
   def test_pseudo_pair_gradient_reaches_only_non_anchor_modules(self):
     model = make_model()
     model.set_stage(3)

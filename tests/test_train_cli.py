@@ -204,6 +204,19 @@ class CompatibilityTest(tf.test.TestCase):
     oracle = config.replace(oracle=True, oracle_steps=9).stages()
     self.assertEqual(list(oracle), [1])
     self.assertEqual(oracle[1].steps, 9)
+    # The oracle is judged on x -> segmentation: only that target weighs.
+    self.assertEqual(oracle[1].modality_weights,
+                     {"rgb": 0.0, "segmentation": 100.0, "depth": 0.0, "nir": 0.0})
+
+  def test_learning_rate_decay(self):
+    self.assertEqual(mm_config.ExperimentConfig().stages()[1].learning_rate_schedule(), 2e-4)
+    stages = mm_config.ExperimentConfig(steps=(10, 20, 30), learning_rate=(1e-3, 1e-3, 1e-4),
+                                        learning_rate_decay="cosine").stages()
+    schedule = stages[3].learning_rate_schedule()
+    self.assertAllClose([float(schedule(s)) for s in (0, 15, 30)], [1e-4, 5e-5, 0.0])
+    with self.assertRaisesRegex(ValueError, "--learning_rate_decay must be one of constant, "
+                                "cosine; got 'linear'"):
+      mm_config.ExperimentConfig(learning_rate_decay="linear")
 
   def test_missing_vgg_file_is_a_clear_error(self):
     config = mm_config.ExperimentConfig(width=0.0625, image_size=32,
