@@ -125,19 +125,29 @@ def model_translate_fn(model) -> Callable:
   """`translate_fn` of a `MixAndMatchNetworks`: model-space outputs (logits for labels).
 
   Cascades decode into `via` first; a categorical intermediate is passed on as its softmax.
-  Multimodal translations use `model.translate_multimodal` (its documented weights).
+  Multimodal translations fuse like `model.translate_multimodal` (its documented weights).
+  Each source of a batch is encoded once and reused by every translation from it (the
+  evaluation loop passes the same `inputs` dict to every translation of a batch).
   """
+  cache = {"inputs": None, "encodings": {}}
+
+  def encode(source, inputs):
+    if cache["inputs"] is not inputs:
+      cache["inputs"], cache["encodings"] = inputs, {}
+    if source not in cache["encodings"]:
+      cache["encodings"][source] = model.encode(source, inputs[source])
+    return cache["encodings"][source]
 
   def translate(translation: Translation, inputs: Mapping[str, tf.Tensor]):
     if len(translation.sources) > 1:
-      return model.translate_multimodal({s: inputs[s] for s in translation.sources},
-                                        translation.target)
+      latent, side = model.fuse({s: encode(s, inputs) for s in translation.sources})
+      return model.decode(translation.target, latent, side)
     source = translation.sources[0]
-    x = inputs[source]
     if translation.via:
-      x = model.modalities[translation.via].activate(model.translate(source, translation.via, x))
-      source = translation.via
-    return model.translate(source, translation.target, x)
+      x = model.modalities[translation.via].activate(
+          model.decode(translation.via, *encode(source, inputs)))
+      return model.translate(translation.via, translation.target, x)
+    return model.decode(translation.target, *encode(source, inputs))
 
   return translate
 

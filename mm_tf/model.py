@@ -24,7 +24,7 @@ translations and autoencoders, `"latent_{a}_{b}"`, `"pseudo_{src}_to_{dst}"`, `"
 
 import itertools
 import zlib
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import keras
 import tensorflow as tf
@@ -285,29 +285,41 @@ class MixAndMatchNetworks(keras.Model):
     total = sum(float(w) for w in weights.values())
     if total <= 0 or any(float(w) < 0 for w in weights.values()):
       raise ValueError(f"Multimodal weights must be >= 0 with a positive sum, got {weights}.")
+    encodings = {name: self.encode(name, x, training=training) for name, x in inputs.items()}
+    fused, side = self.fuse(encodings, weights)
+    return self.decode(target, fused, side, training=training)
+
+  def fuse(self, encodings: Mapping[str, Tuple[tf.Tensor, tuple]],
+           weights: Optional[Mapping[str, float]] = None):
+    """The fused latent and side information of `translate_multimodal`, from encodings.
+
+    Args:
+      encodings: `{modality: (latent, side)}` as returned by `encode`.
+      weights: As in `translate_multimodal` (checked there); default
+        `multimodal_weights`.
+
+    Returns:
+      (weighted mean latent, side of the anchor if it is an input, else of the first).
+    """
+    weights = dict(weights or self.multimodal_weights(list(encodings)))
+    total = sum(float(w) for w in weights.values())
     fused, side_source, side = None, None, ()
-    for name, x in inputs.items():
-      latent, this_side = self.encode(name, x, training=training)
+    for name, (latent, this_side) in encodings.items():
       term = latent * tf.cast(float(weights[name]) / total, latent.dtype)
       fused = term if fused is None else fused + term
       if side_source is None or name == self.anchor:
         side_source, side = name, this_side
-    return self.decode(target, fused, side, training=training)
+    return fused, side
 
   def alignment_factor(self, modality_a, x_a, modality_b, x_b):
     """Paper Eq. 16: mean cosine similarity of the two encoders' flattened latents."""
-    latent_a, _ = self.encode(modality_a, x_a)
-    latent_b, _ = self.encode(modality_b, x_b)
-    a = tf.reshape(tf.cast(latent_a, tf.float32), [tf.shape(latent_a)[0], -1])
-    b = tf.reshape(tf.cast(latent_b, tf.float32), [tf.shape(latent_b)[0], -1])
-    cosine = tf.reduce_sum(tf.math.l2_normalize(a, axis=1) * tf.math.l2_normalize(b, axis=1),
-                           axis=1)
-    return tf.reduce_mean(cosine)
+    return _alignment(self.encode(modality_a, x_a)[0], self.encode(modality_b, x_b)[0])
 
   def alignment_factors(self, batch: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
     """Alignment factor of every pair of encoders on a batch with all modalities."""
     names = [m for m in self.modalities if m in batch]
-    return {f"{a}_{b}": self.alignment_factor(a, batch[a], b, batch[b])
+    latents = {m: self.encode(m, batch[m])[0] for m in names}  # Each encoder once.
+    return {f"{a}_{b}": _alignment(latents[a], latents[b])
             for a, b in itertools.combinations(names, 2)}
 
   def call(self, inputs, training=False):
@@ -706,6 +718,15 @@ class MixAndMatchNetworks(keras.Model):
   @classmethod
   def from_config(cls, config):
     return cls(**config)
+
+
+def _alignment(latent_a, latent_b):
+  """Mean over the batch of the cosine similarity of two flattened latents (Eq. 16)."""
+  a = tf.reshape(tf.cast(latent_a, tf.float32), [tf.shape(latent_a)[0], -1])
+  b = tf.reshape(tf.cast(latent_b, tf.float32), [tf.shape(latent_b)[0], -1])
+  cosine = tf.reduce_sum(tf.math.l2_normalize(a, axis=1) * tf.math.l2_normalize(b, axis=1),
+                         axis=1)
+  return tf.reduce_mean(cosine)
 
 
 def _batch_sizes(tensors):

@@ -193,6 +193,31 @@ class InterfaceTest(tf.test.TestCase, parameterized.TestCase):
                                             weights={"depth": 1.0, "nir": 0.0})
     self.assertAllClose(only_depth, model.translate("depth", "segmentation", depth), atol=1e-5)
 
+  def test_evaluation_translations_match_the_model_api(self):
+    # evaluation.model_translate_fn encodes each source once per batch; every output must
+    # be the one translate / translate_multimodal give.
+    from mm_tf import evaluation  # pylint: disable=g-import-not-at-top
+    model = make_model()
+    batch = structured_batch()
+    inputs = dict(batch["rgb+depth+nir"], segmentation=batch["rgb+segmentation"]["segmentation"])
+    translate = evaluation.model_translate_fn(model)
+    translations = evaluation.default_translations(model)
+    self.assertIn("D->R->S", [t.short_name for t in translations])
+    for t in translations:
+      if len(t.sources) > 1:
+        expected = model.translate_multimodal({s: inputs[s] for s in t.sources}, t.target)
+      elif t.via:
+        via = model.modalities[t.via].activate(model.translate(t.sources[0], t.via,
+                                                               inputs[t.sources[0]]))
+        expected = model.translate(t.via, t.target, via)
+      else:
+        expected = model.translate(t.sources[0], t.target, inputs[t.sources[0]])
+      self.assertAllClose(translate(t, inputs), expected, atol=1e-5, msg=t.name)
+    # A new batch is encoded anew.
+    other = {k: v[::-1] for k, v in inputs.items()}
+    self.assertAllClose(translate(translations[0], other),
+                        model.translate("rgb", "segmentation", other["rgb"]), atol=1e-5)
+
   def test_alignment_factor_of_an_encoder_with_itself_is_one(self):
     model = make_model()
     x = tf.random.uniform([2, SIZE, SIZE, 1])
