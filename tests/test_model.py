@@ -425,6 +425,20 @@ class BatchNormRecalibrationTest(tf.test.TestCase):
     self.assertAllClose(noisy.decoders["segmentation"].get_weights(),
                         clean.decoders["segmentation"].get_weights())
 
+  def test_stage3_statistics_are_those_of_the_paired_routes(self):
+    # In stage 3 the decoders run a second time on pseudo-pair outputs; those must not
+    # overwrite the statistics: stage 3 recalibrates exactly like stage 2 (same routes).
+    batch = structured_batch()
+    stage2, stage3 = make_model(), make_model()
+    stage3.set_weights(stage2.get_weights())
+    stage2.set_stage(2)
+    stage3.set_stage(3)
+    for model in (stage2, stage3):
+      model.recalibrate_batch_norm([batch])
+    for name in ("depth", "segmentation"):
+      self.assertAllClose(stage2.decoders[name].non_trainable_weights,
+                          stage3.decoders[name].non_trainable_weights)
+
   def test_frozen_modules_keep_their_statistics(self):
     model = make_model()
     batch = structured_batch()
