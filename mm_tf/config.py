@@ -262,8 +262,8 @@ def define_flags():
                     list(mm_stages.LEARNING_RATE_DECAYS), "How each stage's learning rate "
                     "changes over its steps: constant (the paper, which trains 200K steps a "
                     "stage) or cosine (from --learning_rate to 0 by the stage's last step; "
-                    "for short schedules, where the last steps at a high constant rate leave "
-                    "noisy weights that the next stage then freezes).")
+                    "at the synthetic main job's scale it measured worse than constant: "
+                    "docs/training.md).")
   flags.DEFINE_list("lambda_rgb", floats(d.lambda_rgb), "lambda_R per stage: weight of the RGB "
                     "loss (paper: 1,10,10).")
   flags.DEFINE_list("lambda_segmentation", floats(d.lambda_segmentation), "lambda_S per stage: "

@@ -586,8 +586,9 @@ class MixAndMatchNetworks(keras.Model):
     training-mode values). Like "precise BN" (Wu & Johnson, 2021), this runs the stage's
     training forward pass of the current stage (no latent noise, the test condition; no
     pseudo-pair outputs, see below) on `batches` and sets every updated layer's statistics
-    to the mean of its per-batch moments. Modules the stage freezes run in inference mode and keep theirs. The paper is silent on batch norm
-    statistics; at its 200K steps per stage the lag does not matter.
+    to the mean of its per-batch moments. Modules the stage freezes run in inference mode
+    and keep theirs. The paper is silent on batch norm statistics; at its 200K steps per
+    stage the lag does not matter.
 
     Args:
       batches: An iterable of training batches (see `train_step`); a few are enough (the
