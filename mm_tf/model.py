@@ -279,15 +279,20 @@ class MixAndMatchNetworks(keras.Model):
       raise ValueError("translate_multimodal needs at least one input modality.")
     for name in inputs:
       mm_modalities.check_name(name, self.modality_names)
-    weights = dict(weights or self.multimodal_weights(list(inputs)))
-    if set(weights) != set(inputs):
-      raise ValueError(f"weights are given for {sorted(weights)} but inputs are {sorted(inputs)}.")
-    total = sum(float(w) for w in weights.values())
-    if total <= 0 or any(float(w) < 0 for w in weights.values()):
-      raise ValueError(f"Multimodal weights must be >= 0 with a positive sum, got {weights}.")
+    weights = self._fusion_weights(list(inputs), weights)  # Checked before encoding.
     encodings = {name: self.encode(name, x, training=training) for name, x in inputs.items()}
     fused, side = self.fuse(encodings, weights)
     return self.decode(target, fused, side, training=training)
+
+  def _fusion_weights(self, names, weights=None) -> Dict[str, float]:
+    """`weights` (default `multimodal_weights(names)`) checked and normalised to sum to 1."""
+    weights = dict(weights or self.multimodal_weights(names))
+    if set(weights) != set(names):
+      raise ValueError(f"weights are given for {sorted(weights)} but inputs are {sorted(names)}.")
+    total = sum(float(w) for w in weights.values())
+    if total <= 0 or any(float(w) < 0 for w in weights.values()):
+      raise ValueError(f"Multimodal weights must be >= 0 with a positive sum, got {weights}.")
+    return {name: float(w) / total for name, w in weights.items()}
 
   def fuse(self, encodings: Mapping[str, Tuple[tf.Tensor, tuple]],
            weights: Optional[Mapping[str, float]] = None):
@@ -295,17 +300,15 @@ class MixAndMatchNetworks(keras.Model):
 
     Args:
       encodings: `{modality: (latent, side)}` as returned by `encode`.
-      weights: As in `translate_multimodal` (checked there); default
-        `multimodal_weights`.
+      weights: As in `translate_multimodal`; default `multimodal_weights`.
 
     Returns:
       (weighted mean latent, side of the anchor if it is an input, else of the first).
     """
-    weights = dict(weights or self.multimodal_weights(list(encodings)))
-    total = sum(float(w) for w in weights.values())
+    weights = self._fusion_weights(list(encodings), weights)
     fused, side_source, side = None, None, ()
     for name, (latent, this_side) in encodings.items():
-      term = latent * tf.cast(float(weights[name]) / total, latent.dtype)
+      term = latent * tf.cast(weights[name], latent.dtype)
       fused = term if fused is None else fused + term
       if side_source is None or name == self.anchor:
         side_source, side = name, this_side
