@@ -102,3 +102,26 @@ def test_suites_and_orderings():
   assert claims["switches > none"] and not claims["none > skip"]
   with pytest.raises(ValueError, match="Unknown suite"):
     experiments.suite_rows("everything")
+
+
+def test_rows_recalibrate_batch_norm_like_the_main_job(tmp_path, monkeypatch):
+  """Every M&MNets stage and the oracle end with precise batch-norm statistics, as in
+  `mm_tf.training.train_stage`; the suite would otherwise score weaker models."""
+  from mm_tf import model as mm_model
+  calls = []
+  original = mm_model.MixAndMatchNetworks.recalibrate_batch_norm
+
+  def recording(self, batches):
+    calls.append((self.anchor, self.stage))
+    return original(self, batches)
+
+  monkeypatch.setattr(mm_model.MixAndMatchNetworks, "recalibrate_batch_norm", recording)
+  rows = [r for r in experiments.suite_rows("smoke") if r.name in ("mmnets", "oracle")]
+  runner(tmp_path).run(rows)
+  assert calls == [("rgb", 1), ("rgb", 2), ("segmentation", 1)]
+  # The cached weights carry the recalibrated statistics: a resumed run does not redo it.
+  calls.clear()
+  for name in ("mmnets", "oracle"):
+    os.remove(tmp_path / "rows" / name / experiments.RESULT_FILE)
+  runner(tmp_path).run(rows)
+  assert calls == []
