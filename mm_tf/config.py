@@ -70,6 +70,7 @@ class ExperimentConfig:
   lambda_gan: Tuple[float, float, float] = (1.0, 1.0, 1.0)
   lambda_latent: Tuple[float, float, float] = (1.0, 10.0, 10.0)
   lambda_pseudo_pairs: float = 100.0
+  pseudo_pairs_train_decoders: bool = True
   autoencoders: bool = True
   latent_consistency: bool = True
   latent_noise: bool = True
@@ -158,7 +159,8 @@ class ExperimentConfig:
           frozen=("rgb_encoder",) if later and self.freeze_rgb_encoder else (),
           modality_weights=self._modality_weights(index), l2_weight=self.lambda_l2[index],
           gan_weight=self.lambda_gan[index], latent_weight=self.lambda_latent[index],
-          pseudo_pair_weight=self.lambda_pseudo_pairs if number == 3 else 0.0)
+          pseudo_pair_weight=self.lambda_pseudo_pairs if number == 3 else 0.0,
+          pseudo_pairs_train_decoders=self.pseudo_pairs_train_decoders)
     return specs
 
   def _modality_weights(self, index) -> Dict[str, float]:
@@ -280,6 +282,12 @@ def define_flags():
                     "the latent consistency loss (used from stage 2; paper: 10).")
   flags.DEFINE_float("lambda_pseudo_pairs", d.lambda_pseudo_pairs, "lambda_PP: weight of the "
                      "stage-3 pseudo-pair losses (paper: 100).")
+  flags.DEFINE_bool("pseudo_pairs_train_decoders", d.pseudo_pairs_train_decoders,
+                    "Whether the pseudo-pair losses also update the target decoders. The paper "
+                    "(5.2) keeps the translators involving RGB out of them, and the "
+                    "segmentation, depth and NIR decoders are shared with those (R->S uses the "
+                    "segmentation decoder); with --nopseudo_pairs_train_decoders the decoders "
+                    "only pass the gradient on to the source encoders.")
   flags.DEFINE_bool("autoencoders", d.autoencoders, "Train m->m autoencoders in stages 2-3.")
   flags.DEFINE_bool("latent_consistency", d.latent_consistency, "Latent consistency loss in "
                     "stages 2-3.")

@@ -534,12 +534,13 @@ class MixAndMatchNetworks(keras.Model):
 
     # Routes grouped into one decoder call per target.
     outputs = {}
-    for group in (routes, pseudo_routes):
+    for group, trainable in ((routes, True), (pseudo_routes, spec.pseudo_pairs_train_decoders)):
       for target in self.modalities:
         members = [r for r in group if r[2] == target]
         if members:
           outputs.update(zip(members, self._decode_together(
-              target, [(noisy[r[0], r[1]], encoded[r[0], r[1]][1]) for r in members])))
+              target, [(noisy[r[0], r[1]], encoded[r[0], r[1]][1]) for r in members],
+              trainable)))
 
     terms = {}
     for route in routes:
@@ -569,15 +570,28 @@ class MixAndMatchNetworks(keras.Model):
                  for m in self._adversarial_modalities()}
     return terms, generated
 
-  def _decode_together(self, target, inputs):
-    """Decodes [(latent, side), ...] into `target` in one call; returns the outputs in order."""
+  def _decode_together(self, target, inputs, trainable=True):
+    """Decodes [(latent, side), ...] into `target` in one call; returns the outputs in order.
+
+    With `trainable` False the decoder's weights get no gradient from these outputs (it
+    passes the gradient on to the latents only) and its batch-norm moving statistics are
+    left as they are.
+    """
     if len(inputs) == 1:
       latent, side = inputs[0]
-      return [self._decode_for_training(target, latent, side)]
-    sizes = _batch_sizes([latent for latent, _ in inputs])
-    latent = tf.concat([latent for latent, _ in inputs], axis=0)
-    side = tuple(tf.concat(level, axis=0) for level in zip(*[s for _, s in inputs]))
-    return _split_batch(self._decode_for_training(target, latent, side), sizes)
+    else:
+      sizes = _batch_sizes([latent for latent, _ in inputs])
+      latent = tf.concat([latent for latent, _ in inputs], axis=0)
+      side = tuple(tf.concat(level, axis=0) for level in zip(*[s for _, s in inputs]))
+    decoder = self.decoders[target]
+    if trainable or self._is_frozen(decoder):
+      output = self._decode_for_training(target, latent, side)
+    else:
+      # Constant copies of the weights; the updated moving statistics are dropped.
+      output, _ = decoder.stateless_call(
+          [tf.stop_gradient(v.value) for v in decoder.trainable_variables],
+          [v.value for v in decoder.non_trainable_variables], latent, side, training=True)
+    return [output] if len(inputs) == 1 else _split_batch(output, sizes)
 
   def recalibrate_batch_norm(self, batches):
     """Sets the batch-norm moving statistics of the trained modules to population values.
