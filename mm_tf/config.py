@@ -70,7 +70,7 @@ class ExperimentConfig:
   lambda_gan: Tuple[float, float, float] = (1.0, 1.0, 1.0)
   lambda_latent: Tuple[float, float, float] = (1.0, 10.0, 10.0)
   lambda_pseudo_pairs: float = 100.0
-  pseudo_pairs_train_decoders: bool = True
+  pseudo_pairs_train_decoders: str = "all"
   autoencoders: bool = True
   latent_consistency: bool = True
   latent_noise: bool = True
@@ -160,8 +160,13 @@ class ExperimentConfig:
           modality_weights=self._modality_weights(index), l2_weight=self.lambda_l2[index],
           gan_weight=self.lambda_gan[index], latent_weight=self.lambda_latent[index],
           pseudo_pair_weight=self.lambda_pseudo_pairs if number == 3 else 0.0,
-          pseudo_pairs_train_decoders=self.pseudo_pairs_train_decoders)
+          pseudo_pairs_train_decoders=self.pseudo_pair_decoders())
     return specs
+
+  def pseudo_pair_decoders(self) -> Tuple[str, ...]:
+    """`--pseudo_pairs_train_decoders` as `StageSpec.pseudo_pairs_train_decoders`."""
+    names = tuple(n.strip() for n in self.pseudo_pairs_train_decoders.split(",") if n.strip())
+    return () if names == ("none",) else names
 
   def _modality_weights(self, index) -> Dict[str, float]:
     return {"rgb": self.lambda_rgb[index], "segmentation": self.lambda_segmentation[index],
@@ -282,12 +287,13 @@ def define_flags():
                     "the latent consistency loss (used from stage 2; paper: 10).")
   flags.DEFINE_float("lambda_pseudo_pairs", d.lambda_pseudo_pairs, "lambda_PP: weight of the "
                      "stage-3 pseudo-pair losses (paper: 100).")
-  flags.DEFINE_bool("pseudo_pairs_train_decoders", d.pseudo_pairs_train_decoders,
-                    "Whether the pseudo-pair losses also update the target decoders. The paper "
-                    "(5.2) keeps the translators involving RGB out of them, and the "
-                    "segmentation, depth and NIR decoders are shared with those (R->S uses the "
-                    "segmentation decoder); with --nopseudo_pairs_train_decoders the decoders "
-                    "only pass the gradient on to the source encoders.")
+  flags.DEFINE_string("pseudo_pairs_train_decoders", d.pseudo_pairs_train_decoders,
+                      "Whose decoders the stage-3 pseudo-pair losses update: 'all', 'none' or "
+                      "comma-separated modality names (e.g. 'segmentation'). The paper (5.2) "
+                      "keeps the translators involving RGB out of these losses, and the "
+                      "segmentation, depth and NIR decoders are shared with them (R->S uses the "
+                      "segmentation decoder); a decoder not listed only passes the gradient on "
+                      "to the source encoder. Measured in docs/training.md.")
   flags.DEFINE_bool("autoencoders", d.autoencoders, "Train m->m autoencoders in stages 2-3.")
   flags.DEFINE_bool("latent_consistency", d.latent_consistency, "Latent consistency loss in "
                     "stages 2-3.")

@@ -98,6 +98,13 @@ class MixAndMatchNetworks(keras.Model):
     self.stage_specs = {int(n): (s if isinstance(s, mm_stages.StageSpec)
                                  else mm_stages.StageSpec.from_config(s))
                         for n, s in stages.items()}
+    for spec in self.stage_specs.values():
+      unknown = set(spec.pseudo_pairs_train_decoders) - set(self.modalities) - {"all"}
+      if unknown:
+        raise ValueError(f"Stage {spec.number}: pseudo_pairs_train_decoders "
+                         f"(--pseudo_pairs_train_decoders) names {sorted(unknown)}, not "
+                         f"modalities of this model ({', '.join(self.modalities)}); use "
+                         "'all', 'none' or some of those.")
     self.image_size = image_size
     self.encoders = {}
     self.decoders = {}
@@ -534,13 +541,13 @@ class MixAndMatchNetworks(keras.Model):
 
     # Routes grouped into one decoder call per target.
     outputs = {}
-    for group, trainable in ((routes, True), (pseudo_routes, spec.pseudo_pairs_train_decoders)):
+    for group, pseudo in ((routes, False), (pseudo_routes, True)):
       for target in self.modalities:
         members = [r for r in group if r[2] == target]
         if members:
           outputs.update(zip(members, self._decode_together(
               target, [(noisy[r[0], r[1]], encoded[r[0], r[1]][1]) for r in members],
-              trainable)))
+              trainable=not pseudo or spec.pseudo_pairs_train_decoder(target))))
 
     terms = {}
     for route in routes:

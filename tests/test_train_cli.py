@@ -207,6 +207,14 @@ class CompatibilityTest(tf.test.TestCase):
     # The oracle is judged on x -> segmentation: only that target weighs.
     self.assertEqual(oracle[1].modality_weights,
                      {"rgb": 0.0, "segmentation": 100.0, "depth": 0.0, "nir": 0.0})
+    # --pseudo_pairs_train_decoders: 'all', 'none' or modality names.
+    self.assertEqual(stages[3].pseudo_pairs_train_decoders, ("all",))
+    self.assertTrue(stages[3].pseudo_pairs_train_decoder("depth"))
+    for value, expected in (("none", ()), ("segmentation, nir", ("segmentation", "nir"))):
+      spec = config.replace(pseudo_pairs_train_decoders=value).stages()[3]
+      self.assertEqual(spec.pseudo_pairs_train_decoders, expected)
+      self.assertEqual(spec.pseudo_pairs_train_decoder("depth"), False)
+      self.assertEqual(spec.pseudo_pairs_train_decoder("nir"), bool(expected))
 
   def test_learning_rate_decay(self):
     self.assertEqual(mm_config.ExperimentConfig().stages()[1].learning_rate_schedule(), 2e-4)
