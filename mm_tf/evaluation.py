@@ -149,6 +149,11 @@ def model_translate_fn(model) -> Callable:
       return model.translate(translation.via, translation.target, x)
     return model.decode(translation.target, *encode(source, inputs))
 
+  def encodings(inputs):
+    """`{modality: (latent, side)}` of every modality of `inputs`, from the cache."""
+    return {m: encode(m, inputs) for m in inputs if m in model.encoders}
+
+  translate.encodings = encodings
   return translate
 
 
@@ -232,7 +237,7 @@ def evaluate_model(model_or_translate_fn, test_dataset, modalities: Optional[Map
       if keep:
         kept["outputs"].setdefault(t.name, []).append(np.asarray(prediction[:keep]))
     if is_model and alignment:
-      for pair, value in model.alignment_factors(inputs).items():
+      for pair, value in model.alignment_factors(inputs, translate_fn.encodings(inputs)).items():
         alignment_means.setdefault(pair, mm_metrics.MeanMetric()).update(value, batch_size)
     count += batch_size
   if count == 0:

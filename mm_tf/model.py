@@ -325,10 +325,20 @@ class MixAndMatchNetworks(keras.Model):
     """Paper Eq. 16: mean cosine similarity of the two encoders' flattened latents."""
     return _alignment(self.encode(modality_a, x_a)[0], self.encode(modality_b, x_b)[0])
 
-  def alignment_factors(self, batch: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
-    """Alignment factor of every pair of encoders on a batch with all modalities."""
+  def alignment_factors(self, batch: Mapping[str, tf.Tensor],
+                        encodings: Optional[Mapping[str, Tuple[tf.Tensor, tuple]]] = None
+                        ) -> Dict[str, tf.Tensor]:
+    """Alignment factor of every pair of encoders on a batch with all modalities.
+
+    Args:
+      batch: `{modality: x}`.
+      encodings: Optional `{modality: encode(modality, batch[modality])}` already computed
+        for this batch (evaluation reuses its translations' encodings).
+    """
     names = [m for m in self.modalities if m in batch]
-    latents = {m: self.encode(m, batch[m])[0] for m in names}  # Each encoder once.
+    encodings = encodings or {}
+    latents = {m: (encodings[m] if m in encodings else self.encode(m, batch[m]))[0]
+               for m in names}  # Each encoder once.
     return {f"{a}_{b}": _alignment(latents[a], latents[b])
             for a, b in itertools.combinations(names, 2)}
 

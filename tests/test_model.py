@@ -244,6 +244,12 @@ class InterfaceTest(tf.test.TestCase, parameterized.TestCase):
       else:
         expected = model.translate(t.sources[0], t.target, inputs[t.sources[0]])
       self.assertAllClose(translate(t, inputs), expected, atol=1e-5, msg=t.name)
+    # Alignment factors from the cached encodings are those of the model.
+    for pair, value in model.alignment_factors(inputs, translate.encodings(inputs)).items():
+      self.assertAllClose(value, model.alignment_factors(inputs)[pair], atol=1e-6, msg=pair)
+    results = evaluation.evaluate_model(model, [inputs], translations=translations[:1])
+    for pair, value in model.alignment_factors(inputs).items():
+      self.assertAllClose(results["alignment_factors"][pair], value, atol=1e-5, msg=pair)
     # A new batch is encoded anew.
     other = {k: v[::-1] for k, v in inputs.items()}
     self.assertAllClose(translate(translations[0], other),
