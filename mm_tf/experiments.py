@@ -484,7 +484,8 @@ class Runner:
       if source in names:
         short = evaluation.SHORT_NAMES[source]
         columns[f"{short}->S"] = evaluation.Translation((source,), "segmentation", kind, via)
-    columns["S->D"] = evaluation.Translation(("segmentation",), "depth", kind, via)
+    if row.method != "oracle":  # The oracle trains only x -> segmentation (see config).
+      columns["S->D"] = evaluation.Translation(("segmentation",), "depth", kind, via)
     if row.method == "mmnets" and not row.cascade and row.stage >= 2:
       sources = tuple(m for m in ("rgb", "depth", "nir") if m in names)
       columns["(" + ",".join(evaluation.SHORT_NAMES[s] for s in sources) + ")->S"] = (
