@@ -306,18 +306,6 @@ class Runner:
   def finished(self, row: Row) -> bool:
     return os.path.exists(os.path.join(self.row_dir(row), RESULT_FILE))
 
-  def _recalibrate(self, model, dataset):
-    """Precise batch-norm statistics at the end of a stage, as the main job's
-    `mm_tf.training.recalibrate_batch_norm` sets them (`--batch_norm_recalibration_batches`).
-
-    Without it a row's short stages would end with lagging moving statistics, and the
-    suite would score a weaker model than the main job trains (measured: the stage-1
-    cascade D->R->S 24.0 mIoU with sky at 0, against 40.1 in the main job).
-    """
-    batches = self.config.batch_norm_recalibration_batches
-    if batches > 0 and tf.distribute.get_strategy().num_replicas_in_sync == 1:
-      model.recalibrate_batch_norm(dataset.take(batches))
-
   # ---------------------------------------------------------------- M&MNets
   def build_mmnets(self, spec: MMNetsVariant):
     modalities = list(self.data.modalities)
@@ -332,6 +320,12 @@ class Runner:
     if spec.few_pairs:
       return mm_few_pairs.FewPairMixAndMatch(modalities, self.data.streams, **kwargs)
     return mm_model.MixAndMatchNetworks(modalities, self.data.streams, **kwargs)
+
+  def _recalibrate(self, model, stage, dataset):
+    """`mm_tf.training.recalibrate_batch_norm` on the runner's data."""
+    from mm_tf import training  # pylint: disable=g-import-not-at-top
+    training.recalibrate_batch_norm(model, self.config, tf.distribute.get_strategy(), stage,
+                                    dataset)
 
   def _fit(self, model, dataset, steps, label):
     """`steps` train steps through the shared loop, under the strategy in scope."""
@@ -364,6 +358,8 @@ class Runner:
         model.set_weights(previous.get_weights())
       pairs = (self.select_few_pairs(spec, model) if spec.few_pairs and stage >= 2 else None)
 
+      from mm_tf import training  # pylint: disable=g-import-not-at-top
+
       def stage_data(seed_offset):
         dataset = self.data.train(seed_offset=seed_offset)
         if pairs is not None:
@@ -374,10 +370,12 @@ class Runner:
       keras.utils.set_random_seed(self.config.seed + stage)
       model.set_stage(stage)
       model.compile(run_eagerly=self.run_eagerly)
-      # The data seeds of `mm_tf.training.train_stage`, so a row trains like the main job.
-      self._fit(model, stage_data(1000 * stage), model.stage_specs[stage].steps,
-                f"M&MNets {variant_name} stage {stage}")
-      self._recalibrate(model, stage_data(1000 * stage + 999))
+      # Trained like `mm_tf.training.train_stage`: its data seeds, then precise batch-norm
+      # statistics (without them the suite scored weaker models than the main job: the
+      # stage-1 cascade D->R->S 24.0 mIoU against 40.1).
+      self._fit(model, stage_data(training.stage_seed_offset(stage)),
+                model.stage_specs[stage].steps, f"M&MNets {variant_name} stage {stage}")
+      self._recalibrate(model, stage, stage_data(training.stage_seed_offset(stage, True)))
       os.makedirs(os.path.dirname(path), exist_ok=True)
       model.save_weights(path + ".tmp.weights.h5")
       os.replace(path + ".tmp.weights.h5", path)
@@ -421,12 +419,14 @@ class Runner:
     if os.path.exists(path):
       model.load_weights(path)
     else:
+      from mm_tf import training  # pylint: disable=g-import-not-at-top
       keras.utils.set_random_seed(self.config.seed)
       model.set_stage(1)
       model.compile(run_eagerly=self.run_eagerly)
-      self._fit(model, self.data.train(seed_offset=1000, oracle=True),
+      self._fit(model, self.data.train(seed_offset=training.stage_seed_offset(1), oracle=True),
                 model.stage_specs[1].steps, "oracle")
-      self._recalibrate(model, self.data.train(seed_offset=1999, oracle=True))
+      self._recalibrate(model, 1, self.data.train(
+          seed_offset=training.stage_seed_offset(1, recalibration=True), oracle=True))
       os.makedirs(os.path.dirname(path), exist_ok=True)
       model.save_weights(path)
     self._models["oracle"] = model

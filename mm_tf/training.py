@@ -633,12 +633,18 @@ def run_train_steps(model, strategy: tf.distribute.Strategy, dataset, num_steps:
   return {name: float(value) for name, value in logs.items()}
 
 
-def recalibrate_batch_norm(model, config, strategy, stage) -> bool:
+def stage_seed_offset(stage: int, recalibration: bool = False) -> int:
+  """Data seed offset of a stage's training batches (or of its recalibration batches)."""
+  return 1000 * stage + (999 if recalibration else 0)
+
+
+def recalibrate_batch_norm(model, config, strategy, stage, dataset=None) -> bool:
   """Precise batch-norm statistics at the end of a stage (`--batch_norm_recalibration_batches`).
 
   Skipped (with a log line) under strategies with several replicas: each replica would
   compute its own statistics and the workers' weights would no longer be identical.
-  Returns whether the statistics were recalibrated.
+  `dataset` (default: the stage's training data with its recalibration seed) gives the
+  batches. Returns whether the statistics were recalibrated.
   """
   if config.batch_norm_recalibration_batches <= 0:
     return False
@@ -646,8 +652,9 @@ def recalibrate_batch_norm(model, config, strategy, stage) -> bool:
     logging.info("Batch-norm recalibration skipped: %d replicas.",
                  strategy.num_replicas_in_sync)
     return False
-  batches = train_dataset(config, seed_offset=1000 * stage + 999)
-  model.recalibrate_batch_norm(batches.take(config.batch_norm_recalibration_batches))
+  if dataset is None:
+    dataset = train_dataset(config, seed_offset=stage_seed_offset(stage, recalibration=True))
+  model.recalibrate_batch_norm(dataset.take(config.batch_norm_recalibration_batches))
   return True
 
 
@@ -679,7 +686,7 @@ def train_stage(model, config, stage, strategy, writer, probe_batch, restore: bo
     return False
   step_offset = sum(model.stage_specs[s].steps for s in config.stage_numbers() if s < stage)
   # One data seed per stage; a resumed run skips what it already trained on.
-  data = distributed_train_dataset(config, strategy, seed_offset=1000 * stage,
+  data = distributed_train_dataset(config, strategy, seed_offset=stage_seed_offset(stage),
                                    initial_step=initial_step)
   checkpointer = CheckpointCallback(manager, step, initial_step, config.checkpoint_every_steps,
                                     worker, checkpoint_dir)
