@@ -36,6 +36,11 @@ INCOMPATIBLE_FIELDS = ("dataset", "image_size", "width", "side_information", "nu
                        "synthetic_num_train", "synthetic_num_test", "seed", "noise_std")
 
 
+# The targets the oracle is trained and judged on (x -> segmentation): its stage trains
+# only these translations, and the evaluation and the experiment runner score only these.
+ORACLE_TARGETS = ("segmentation",)
+
+
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
   """Every setting of a training run (see the flag help strings in `define_flags`)."""
@@ -139,7 +144,7 @@ class ExperimentConfig:
       # are not computed: they would train the segmentation encoder and the depth/NIR
       # decoders, which no x -> segmentation translation uses (the same oracle, ~2x faster).
       steps = self.oracle_steps if self.oracle_steps >= 0 else sum(self.steps)
-      weights = {name: (weight if name == "segmentation" else 0.0)
+      weights = {name: (weight if name in ORACLE_TARGETS else 0.0)
                  for name, weight in self._modality_weights(0).items()}
       return {1: mm_stages.StageSpec(
           number=1, steps=steps, learning_rate=self.learning_rate[0],

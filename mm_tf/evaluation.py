@@ -497,7 +497,7 @@ def evaluate_model_dir(model_dir: str, oracle_model_dir: Optional[str] = None, m
                        f"{model.image_size}px; they must be evaluated on the same images.")
     oracle_results = evaluate_model(
         oracle, test_dataset(config),
-        translations=default_translations(oracle, targets=["segmentation"]),
+        translations=default_translations(oracle, targets=mm_config.ORACLE_TARGETS),
         alignment=False, prediction_examples=examples)
     oracle_predictions = oracle_results.pop("_predictions")["outputs"]
     for entry in oracle_results["translations"]:

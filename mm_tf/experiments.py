@@ -42,6 +42,7 @@ import tensorflow as tf
 from mm_tf import config as mm_config
 from mm_tf import evaluation
 from mm_tf import model as mm_model
+from mm_tf import training
 from mm_tf.baselines import cascade as mm_cascade
 from mm_tf.baselines import cyclegan as mm_cyclegan
 from mm_tf.baselines import few_pairs as mm_few_pairs
@@ -178,15 +179,13 @@ class Data:
 
   def __init__(self, config: mm_config.ExperimentConfig):
     self.config = config
-    from mm_tf import training  # pylint: disable=g-import-not-at-top
-    self._training = training
     self.spec = training.dataset_spec(config)
     self._prepared = False
     self._modalities = None
 
   def prepare(self):
     if not self._prepared:
-      self._training.prepare_data(self.config)
+      training.prepare_data(self.config)
       self._prepared = True
 
   @property
@@ -195,7 +194,7 @@ class Data:
     if self._modalities is None:
       if self.config.class_balancing != "none":
         self.prepare()  # The weights are counted on the training labels.
-      self._modalities = self._training.model_modalities(self.config)
+      self._modalities = training.model_modalities(self.config)
     return list(self._modalities)
 
   @property
@@ -204,11 +203,11 @@ class Data:
 
   def train(self, seed_offset: int = 0, oracle: bool = False) -> tf.data.Dataset:
     self.prepare()
-    return self._training.train_dataset(self.config.replace(oracle=oracle), seed_offset)
+    return training.train_dataset(self.config.replace(oracle=oracle), seed_offset)
 
   def test(self) -> tf.data.Dataset:
     self.prepare()
-    return self._training.test_dataset(self.config)
+    return training.test_dataset(self.config)
 
   def few_pair_candidates(self, stream=mm_few_pairs.FEW_PAIR_STREAM) -> Dict[str, np.ndarray]:
     """All-modality train-split examples of the depth stream's scenes (never the test split)."""
@@ -323,7 +322,6 @@ class Runner:
 
   def _recalibrate(self, model, stage, dataset):
     """`mm_tf.training.recalibrate_batch_norm` on the runner's data."""
-    from mm_tf import training  # pylint: disable=g-import-not-at-top
     training.recalibrate_batch_norm(model, self.config, tf.distribute.get_strategy(), stage,
                                     dataset)
 
@@ -331,7 +329,6 @@ class Runner:
     """`steps` train steps through the shared loop, under the strategy in scope."""
     if steps <= 0:
       return
-    from mm_tf import training  # pylint: disable=g-import-not-at-top
     start = time.time()
     logs = training.run_train_steps(model, tf.distribute.get_strategy(), dataset, steps,
                                     run_eagerly=self.run_eagerly)
@@ -357,8 +354,6 @@ class Runner:
         previous = self.mmnets_model(variant_name if stage == 3 else spec.architecture, stage - 1)
         model.set_weights(previous.get_weights())
       pairs = (self.select_few_pairs(spec, model) if spec.few_pairs and stage >= 2 else None)
-
-      from mm_tf import training  # pylint: disable=g-import-not-at-top
 
       def stage_data(seed_offset):
         dataset = self.data.train(seed_offset=seed_offset)
@@ -419,7 +414,6 @@ class Runner:
     if os.path.exists(path):
       model.load_weights(path)
     else:
-      from mm_tf import training  # pylint: disable=g-import-not-at-top
       keras.utils.set_random_seed(self.config.seed)
       model.set_stage(1)
       model.compile(run_eagerly=self.run_eagerly)
@@ -484,7 +478,7 @@ class Runner:
       if source in names:
         short = evaluation.SHORT_NAMES[source]
         columns[f"{short}->S"] = evaluation.Translation((source,), "segmentation", kind, via)
-    if row.method != "oracle":  # The oracle trains only x -> segmentation (see config).
+    if row.method != "oracle" or "depth" in mm_config.ORACLE_TARGETS:
       columns["S->D"] = evaluation.Translation(("segmentation",), "depth", kind, via)
     if row.method == "mmnets" and not row.cascade and row.stage >= 2:
       sources = tuple(m for m in ("rgb", "depth", "nir") if m in names)
@@ -770,7 +764,6 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   FLAGS = flags.FLAGS
   config = mm_config.from_flags(FLAGS)
-  from mm_tf import training  # pylint: disable=g-import-not-at-top
   training.set_precision(config.precision)
   strategy = training.make_strategy(config.distribution_strategy)
   worker = training.worker_of(strategy)
