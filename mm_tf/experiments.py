@@ -7,9 +7,10 @@ trains every row of the suite on the zero-pair streams of the configured dataset
 each with the same `mm_tf.evaluation.evaluate_model` on the test split and writes
 `<output_dir>/comparison.md` and `comparison.json`. Rows already finished in output_dir
 (`rows/<name>/result.json`) are skipped, so re-running the command resumes. Finished
-stage weights are cached in `models/`, and rows that share training share it: the cascade
-rows evaluate the stage-1 models, the ablation ladder and the few-pair rows start from the
-main run's stage 1, "M&MNets" and "M&MNets+PP" are stage 2 and 3 of one run.
+stage weights are cached in `models/` (a training in progress checkpoints every
+--checkpoint_every_steps steps and resumes there), and rows that share training share it:
+the cascade rows evaluate the stage-1 models, the ablation ladder and the few-pair rows
+start from the main run's stage 1, "M&MNets" and "M&MNets+PP" are stage 2 and 3 of one run.
 
 Rows (suite "paper"):
   baselines         2xpix2pix, CycleGAN, StarGAN(unpaired/paired), UNIT, M&MNets cascade
@@ -32,6 +33,7 @@ import gc
 import json
 import logging
 import os
+import shutil
 import time
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
@@ -53,6 +55,7 @@ from mm_tf.baselines import unit as mm_unit
 RESULT_FILE = "result.json"
 ROWS_DIR = "rows"
 MODELS_DIR = "models"
+CHECKPOINTS_SUFFIX = ".checkpoints"  # <weights file> + this: a row's training in progress.
 SUITES = ("paper", "smoke", "baselines", "ablations", "few_pairs")
 GROUP_TITLES = {
     "baselines": "Baselines, zero-pair M&MNets and the oracle (paper Tables 4-5, thesis Table 4.8)",
@@ -325,15 +328,48 @@ class Runner:
     training.recalibrate_batch_norm(model, self.config, tf.distribute.get_strategy(), stage,
                                     dataset)
 
-  def _fit(self, model, dataset, steps, label):
-    """`steps` train steps through the shared loop, under the strategy in scope."""
-    if steps <= 0:
+  def _fit(self, model, dataset, steps, label, weights_path):
+    """`steps` train steps through the shared loop, under the strategy in scope; resumable.
+
+    A baseline takes over an hour on 2 CPU cores, so a row must survive being killed
+    mid-training, like the main job's stages: every `--checkpoint_every_steps` steps the
+    weights, both optimizers and the step go to `<weights_path>.checkpoints/` (a
+    `tf.train.CheckpointManager`; the state file is replaced last). A re-run restores the
+    latest checkpoint and skips the batches already trained on, so it continues the
+    interrupted run's batch order. `_save_weights` removes the checkpoints once the
+    weights file exists.
+    """
+    strategy = tf.distribute.get_strategy()
+    checkpoint_dir = weights_path + CHECKPOINTS_SUFFIX
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="runner_step")
+    checkpoint = training.make_checkpoint(model, step)
+    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=1)
+    initial_step = 0
+    if manager.latest_checkpoint:
+      checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+      initial_step = min(int(step.numpy()), steps)
+      print(f"[{label}] resumed from {manager.latest_checkpoint} at step {initial_step}.",
+            flush=True)
+    remaining = steps - initial_step
+    if remaining <= 0:
       return
+    # Each step takes one batch per replica from the (shared) batch order.
+    dataset = dataset.skip(initial_step * strategy.num_replicas_in_sync)
+    callbacks = [training.CheckpointCallback(manager, step, initial_step,
+                                             self.config.checkpoint_every_steps)]
     start = time.time()
-    logs = training.run_train_steps(model, tf.distribute.get_strategy(), dataset, steps,
+    logs = training.run_train_steps(model, strategy, dataset, remaining, callbacks,
                                     run_eagerly=self.run_eagerly)
     losses = {k: round(v, 4) for k, v in logs.items()}
-    print(f"[{label}] {steps} steps in {time.time() - start:.1f} s; {losses}", flush=True)
+    print(f"[{label}] {remaining} steps in {time.time() - start:.1f} s; {losses}", flush=True)
+
+  @staticmethod
+  def _save_weights(model, weights_path):
+    """Writes the trained weights atomically, then drops `_fit`'s checkpoints."""
+    os.makedirs(os.path.dirname(weights_path), exist_ok=True)
+    model.save_weights(weights_path + ".tmp.weights.h5")
+    os.replace(weights_path + ".tmp.weights.h5", weights_path)
+    shutil.rmtree(weights_path + CHECKPOINTS_SUFFIX, ignore_errors=True)
 
   def mmnets_model(self, variant_name: str, stage: int):
     """The M&MNets `variant_name` after `stage`, trained (and cached) if needed."""
@@ -344,6 +380,9 @@ class Runner:
     # Stage 1 depends only on the architecture; later stages on the whole variant.
     weights_key = spec.architecture if stage == 1 else variant_name
     path = self.weights_path(weights_key, stage)
+    # Seeded before building: a row's initial weights must not depend on which rows ran
+    # before it in this process (a resumed suite runs fewer).
+    keras.utils.set_random_seed(self.config.seed + stage)
     model = self.build_mmnets(spec)
     if spec.stage2:
       model.stage_specs[2] = model.stage_specs[2].replace(**spec.stage2)
@@ -369,11 +408,9 @@ class Runner:
       # statistics (without them the suite scored weaker models than the main job: the
       # stage-1 cascade D->R->S 24.0 mIoU against 40.1).
       self._fit(model, stage_data(training.stage_seed_offset(stage)),
-                model.stage_specs[stage].steps, f"M&MNets {variant_name} stage {stage}")
+                model.stage_specs[stage].steps, f"M&MNets {variant_name} stage {stage}", path)
       self._recalibrate(model, stage, stage_data(training.stage_seed_offset(stage, True)))
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-      model.save_weights(path + ".tmp.weights.h5")
-      os.replace(path + ".tmp.weights.h5", path)
+      self._save_weights(model, path)
     self._models[key] = model
     return model
 
@@ -401,6 +438,7 @@ class Runner:
     """
     if "oracle" in self._models:
       return self._models["oracle"]
+    keras.utils.set_random_seed(self.config.seed)  # As in `mmnets_model`.
     config = self.config.replace(oracle=True)
     modalities = [m for m in self.data.modalities if m.name != "rgb"]
     streams = [("segmentation",) + tuple(s for s in stream if s != "segmentation")
@@ -418,11 +456,10 @@ class Runner:
       model.set_stage(1)
       model.compile(run_eagerly=self.run_eagerly)
       self._fit(model, self.data.train(seed_offset=training.stage_seed_offset(1), oracle=True),
-                model.stage_specs[1].steps, "oracle")
+                model.stage_specs[1].steps, "oracle", path)
       self._recalibrate(model, 1, self.data.train(
           seed_offset=training.stage_seed_offset(1, recalibration=True), oracle=True))
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-      model.save_weights(path)
+      self._save_weights(model, path)
     self._models["oracle"] = model
     return model
 
@@ -454,6 +491,7 @@ class Runner:
   def trained_baseline(self, method: str):
     if method in self._models:
       return self._models[method]
+    keras.utils.set_random_seed(self.config.seed)  # As in `mmnets_model`.
     model = self.baseline_model(method)
     path = self.weights_path(method, 1)
     if os.path.exists(path):
@@ -461,9 +499,8 @@ class Runner:
     else:
       keras.utils.set_random_seed(self.config.seed)
       model.compile(self.config.learning_rate[0], run_eagerly=self.run_eagerly)
-      self._fit(model, self.data.train(seed_offset=0), self.baseline_steps, method)
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-      model.save_weights(path)
+      self._fit(model, self.data.train(seed_offset=0), self.baseline_steps, method, path)
+      self._save_weights(model, path)
     self._models[method] = model
     return model
 

@@ -557,7 +557,7 @@ def _latest_stage_with_checkpoint(config):
   return None
 
 
-def _make_checkpoint(model, step):
+def make_checkpoint(model, step):
   """A tf.train.Checkpoint of every model variable, both optimizers and the stage step.
 
   The variables are listed explicitly by path: a Keras 3 model passed as one object is
@@ -568,9 +568,13 @@ def _make_checkpoint(model, step):
   # value has a home on restore (no deferred restores).
   if not model.generator_optimizer.built:
     raise ValueError("Compile the built model before checkpointing it.")
-  variables = {v.path.replace("/", "."): v for v in model.variables}
-  if len(variables) != len(model.variables):
-    raise ValueError("Model variable paths are not unique; cannot checkpoint them by path.")
+  names = [v.path.replace("/", ".") for v in model.variables]
+  if len(set(names)) != len(names):
+    # Baselines hold several functional generators whose layers share names, so a path
+    # can repeat: then the variables' position (fixed by the model's construction) makes
+    # the names unique.
+    names = [f"{i:04d}.{name}" for i, name in enumerate(names)]
+  variables = dict(zip(names, model.variables))
   return tf.train.Checkpoint(model_variables=variables,
                              generator_optimizer=model.generator_optimizer,
                              discriminator_optimizer=model.discriminator_optimizer, step=step)
@@ -675,7 +679,7 @@ def train_stage(model, config, stage, strategy, writer, probe_batch, restore: bo
     model.set_stage(stage)
     model.compile(run_eagerly=config.run_eagerly)
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="stage_step")
-    checkpoint = _make_checkpoint(model, step)
+    checkpoint = make_checkpoint(model, step)
   manager = tf.train.CheckpointManager(checkpoint, worker.writable_dir(checkpoint_dir),
                                        max_to_keep=config.keep_checkpoints)
   initial_step = 0

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from mm_tf import config as mm_config
 from mm_tf import experiments
+from mm_tf import training
 from tests import test_baselines as tb
 
 
@@ -127,3 +128,67 @@ def test_rows_recalibrate_batch_norm_like_the_main_job(tmp_path, monkeypatch):
     os.remove(tmp_path / "rows" / name / experiments.RESULT_FILE)
   runner(tmp_path).run(rows)
   assert calls == []
+
+
+class VaryingData(TinyData):
+  """TinyData whose training batches differ from step to step (so a resume that took the
+  wrong batches would end with other weights)."""
+
+  def train(self, seed_offset=0, oracle=False):
+    if oracle:
+      return super().train(seed_offset, oracle)
+    batches = [tf.data.Dataset.from_tensors(tb.zero_pair_batch(4, tb.SIZE, seed_offset + i))
+               for i in range(4)]
+    dataset = batches[0]
+    for batch in batches[1:]:
+      dataset = dataset.concatenate(batch)
+    return dataset.repeat()
+
+
+def test_a_row_killed_mid_training_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+  """A row's training (M&MNets stage, baseline) checkpoints every --checkpoint_every_steps
+  steps; a re-run continues from the last checkpoint and ends with the uninterrupted run's
+  weights; the checkpoints are removed once the weights file is written."""
+  config = CONFIG.replace(steps=(3, 1, 1), checkpoint_every_steps=1)
+
+  def make(output_dir):
+    return experiments.Runner(config, str(output_dir), data=VaryingData(), baseline_steps=3,
+                              suite="smoke", run_eagerly=True)
+
+  uninterrupted = make(tmp_path / "uninterrupted").mmnets_model("main", 1).get_weights()
+
+  save = training.CheckpointCallback.save
+
+  def interrupted_after_step_2(self, step):
+    save(self, step)
+    if step == 2:
+      raise KeyboardInterrupt("killed after step 2")
+
+  killed = tmp_path / "killed"
+  monkeypatch.setattr(training.CheckpointCallback, "save", interrupted_after_step_2)
+  with pytest.raises(KeyboardInterrupt):
+    make(killed).mmnets_model("main", 1)
+  with pytest.raises(KeyboardInterrupt):
+    make(killed).trained_baseline("pix2pix")
+  monkeypatch.setattr(training.CheckpointCallback, "save", save)
+  paths = [make(killed).weights_path(key, 1) for key in ("main", "pix2pix")]
+  for path in paths:
+    assert not os.path.exists(path)
+    assert os.path.exists(path + experiments.CHECKPOINTS_SUFFIX)
+
+  steps_run = []
+  run_train_steps = training.run_train_steps
+
+  def counting(model, strategy, dataset, num_steps, *args, **kwargs):
+    steps_run.append(num_steps)
+    return run_train_steps(model, strategy, dataset, num_steps, *args, **kwargs)
+
+  monkeypatch.setattr(training, "run_train_steps", counting)
+  resumed = make(killed).mmnets_model("main", 1).get_weights()
+  make(killed).trained_baseline("pix2pix")
+  assert steps_run == [1, 1]  # Only the step after the last checkpoint, in each.
+  for a, b in zip(uninterrupted, resumed):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  for path in paths:
+    assert os.path.exists(path)
+    assert not os.path.exists(path + experiments.CHECKPOINTS_SUFFIX)

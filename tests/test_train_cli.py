@@ -244,7 +244,7 @@ class CompatibilityTest(tf.test.TestCase):
       model.set_stage(2)
       model.compile()
       step = tf.Variable(0, dtype=tf.int64)
-      return model, training._make_checkpoint(model, step), step  # pylint: disable=protected-access
+      return model, training.make_checkpoint(model, step), step
 
     saved, checkpoint, step = make()
     for v in saved.variables:

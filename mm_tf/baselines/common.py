@@ -14,7 +14,7 @@ original papers' 64 base filters) and inputs are multiples of 32.
 """
 
 import itertools
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import keras
 import tensorflow as tf
@@ -191,13 +191,30 @@ class BaselineTranslator(keras.Model):
     return {m.name: m.result() for m in self.metrics}
 
   def compile(self, learning_rate=DEFAULT_LEARNING_RATE, **kwargs):
-    """Adam (beta1 0.5) for generators and discriminators; no XLA by default."""
+    """Adam (beta1 0.5) for generators and discriminators; no XLA by default.
+
+    When the networks are built, the optimizers' slots are created here, as in
+    `MixAndMatchNetworks.compile`: a checkpoint taken before the first step (or restored
+    into a fresh model) then finds every optimizer variable, so a baseline's training
+    resumes with its Adam state.
+    """
     kwargs.setdefault("jit_compile", False)
     self.generator_optimizer = keras.optimizers.Adam(learning_rate, beta_1=ADAM_BETA_1,
                                                      name="generator_adam")
     self.discriminator_optimizer = keras.optimizers.Adam(learning_rate, beta_1=ADAM_BETA_1,
                                                          name="discriminator_adam")
     super().compile(optimizer=self.generator_optimizer, **kwargs)
+    if self.built:
+      self.generator_optimizer.build(self.generator_variables())
+      self.discriminator_optimizer.build(self.discriminator_variables())
+
+  def generator_variables(self) -> List[tf.Variable]:
+    """What `generator_optimizer` updates (every generator network's trainable variables)."""
+    raise NotImplementedError
+
+  def discriminator_variables(self) -> List[tf.Variable]:
+    """What `discriminator_optimizer` updates (every discriminator's trainable variables)."""
+    raise NotImplementedError
 
   def generator_input(self, modality: str, x):
     """What a generator consumes: one-hot/probabilities for labels, floats otherwise."""

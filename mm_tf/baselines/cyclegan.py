@@ -72,12 +72,18 @@ class CycleGAN(common.BaselineTranslator):
   def direct_translations(self):
     return self.directions
 
+  def generator_variables(self):
+    return [v for g in self.generators.values() for v in g.trainable_variables]
+
+  def discriminator_variables(self):
+    return [v for d in self.discriminators.values() for v in d.trainable_variables]
+
   def train_step(self, data):
     real = {m: common.unpaired_samples(data, m) for m in self.domains}
     real_input = {m: self.generator_input(m, x) for m, x in real.items()}
     values = {}
     fakes = {m: [] for m in self.domains}
-    g_variables = [v for g in self.generators.values() for v in g.trainable_variables]
+    g_variables = self.generator_variables()
     with tf.GradientTape() as tape:
       total = 0.0
       for s, t in self.directions:
@@ -89,7 +95,7 @@ class CycleGAN(common.BaselineTranslator):
             mm_losses.reconstruction(self.modalities[s], back, real[s]))
         total += values[f"{s}_to_{t}_gan"] + self.cycle_weight * values[f"cycle_{s}_{t}_{s}"]
     self.apply_gradients(self.generator_optimizer, tape, total, g_variables)
-    d_variables = [v for d in self.discriminators.values() for v in d.trainable_variables]
+    d_variables = self.discriminator_variables()
     with tf.GradientTape() as tape:
       d_total = 0.0
       for m in self.domains:

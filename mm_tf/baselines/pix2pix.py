@@ -79,9 +79,16 @@ class TwoPix2Pix(common.BaselineTranslator):
   def _condition(self, source_input, target_image):
     return tf.concat([source_input, target_image], axis=-1)
 
+  def generator_variables(self):
+    return [v for g in self.generators.values() for v in g.trainable_variables]
+
+  def discriminator_variables(self):
+    # One optimizer for all discriminators (one optimizer call per step).
+    return [v for d in self.discriminators.values() for v in d.trainable_variables]
+
   def train_step(self, data):
     values = {}
-    generator_variables = [v for g in self.generators.values() for v in g.trainable_variables]
+    generator_variables = self.generator_variables()
     fakes = {}
     with tf.GradientTape() as tape:
       total = 0.0
@@ -101,9 +108,8 @@ class TwoPix2Pix(common.BaselineTranslator):
           total += self.gan_weight * values[f"{key}_gan"]
     self.apply_gradients(self.generator_optimizer, tape, total, generator_variables)
     if fakes:
-      # One optimizer call for all discriminators: a Keras optimizer is built for one
-      # fixed variable list.
-      d_variables = [v for key in fakes for v in self.discriminators[key].trainable_variables]
+      # `fakes` has an entry for every discriminator.
+      d_variables = self.discriminator_variables()
       with tf.GradientTape() as tape:
         d_total = 0.0
         for key, (real_pair, fake_pair) in fakes.items():

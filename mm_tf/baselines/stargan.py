@@ -160,11 +160,17 @@ class StarGAN(common.BaselineTranslator):
       return stream[source], stream[target]
     return common.unpaired_samples(data, source), None
 
+  def generator_variables(self):
+    modules = list(self.first_layers.values()) + [self.trunk] + list(self.last_layers.values())
+    return [v for m in modules for v in m.trainable_variables]
+
+  def discriminator_variables(self):
+    modules = list(self.discriminator_first.values()) + [self.discriminator_trunk]
+    return [v for m in modules for v in m.trainable_variables]
+
   def train_step(self, data):
     values = {}
-    g_modules = (list(self.first_layers.values()) + [self.trunk]
-                 + list(self.last_layers.values()))
-    g_variables = [v for m in g_modules for v in m.trainable_variables]
+    g_variables = self.generator_variables()
     fakes = []
     with tf.GradientTape() as tape:
       total = 0.0
@@ -192,8 +198,7 @@ class StarGAN(common.BaselineTranslator):
       total += CLASSIFICATION_WEIGHT * values["classification_fake"]
     self.apply_gradients(self.generator_optimizer, tape, total, g_variables)
 
-    d_modules = list(self.discriminator_first.values()) + [self.discriminator_trunk]
-    d_variables = [v for m in d_modules for v in m.trainable_variables]
+    d_variables = self.discriminator_variables()
     with tf.GradientTape() as tape:
       d_total = 0.0
       classification = []

@@ -123,17 +123,20 @@ class UNIT(common.BaselineTranslator):
   def _kl(mu):
     return common.mean(0.5 * tf.reduce_mean(tf.square(tf.cast(mu, tf.float32)), axis=[1, 2, 3]))
 
-  def _generator_variables(self):
+  def generator_variables(self):
     modules = ([self.shared_encoder, self.shared_generator] + list(self.encoders.values())
                + list(self.generators.values()))
     return [v for module in modules for v in module.trainable_variables]
+
+  def discriminator_variables(self):
+    return [v for d in self.discriminators.values() for v in d.trainable_variables]
 
   def train_step(self, data):
     real = {m: common.unpaired_samples(data, m) for m in self.domains}
     real_input = {m: self.generator_input(m, x) for m, x in real.items()}
     values = {}
     fakes = {m: [] for m in self.domains}
-    g_variables = self._generator_variables()
+    g_variables = self.generator_variables()
     with tf.GradientTape() as tape:
       total = 0.0
       mu = {m: self.encode(m, real_input[m], training=True) for m in self.domains}
@@ -154,7 +157,7 @@ class UNIT(common.BaselineTranslator):
         total += (GAN_WEIGHT * values[f"{s}_to_{t}_gan"] + KL_WEIGHT * self._kl(mu_back)
                   + RECONSTRUCTION_WEIGHT * values[f"cycle_{s}_{t}_{s}"])
     self.apply_gradients(self.generator_optimizer, tape, total, g_variables)
-    d_variables = [v for d in self.discriminators.values() for v in d.trainable_variables]
+    d_variables = self.discriminator_variables()
     with tf.GradientTape() as tape:
       d_total = 0.0
       for m in self.domains:
