@@ -1,0 +1,129 @@
+r"""Where a trained run's zero-pair translations lose points: a diagnosis, not a timing.
+
+For one stage of a training `--model_dir` it prints, on a test batch:
+
+* the latent scale of every encoder (RMS, mean per-channel std, share of exact zeros,
+  L2 norm per example) next to the norm of the latent noise (`noise_std` of the run),
+  and the cosine / L2 distance of each latent to the anchor's;
+* for every pooling level, the share of pooling windows whose maximum is positive and
+  tied: there the argmax (the switch) is arbitrary (TensorFlow takes the first
+  position), which happens in flat regions such as depth's invalid (0) sky;
+* per-class IoU of every translation into segmentation, from the stage's
+  `eval/stage_<n>/results.json`, and of `--oracle_model_dir`'s oracle when given, with
+  the mIoU points each class costs against the oracle.
+
+  python benchmarks/zero_pair_diagnosis.py --model_dir runs/synthetic_forest --stage 3 \
+      --oracle_model_dir runs/oracle_640
+"""
+
+import json
+import os
+
+from absl import app, flags
+import numpy as np
+
+flags.DEFINE_string("model_dir", None, "Training model_dir (holds config.json, stage_<n>/).")
+flags.DEFINE_integer("stage", 3, "Which stage's model and evaluation to diagnose.")
+flags.DEFINE_string("oracle_model_dir", "", "Optional model_dir of an `--oracle` run "
+                    "(its eval/stage_1/results.json) to compare per-class IoU against.")
+flags.DEFINE_integer("batch_size", 32, "Test examples for the latent and switch statistics.")
+flags.mark_flag_as_required("model_dir")
+FLAGS = flags.FLAGS
+
+
+def _segmentation_rows(results_path):
+  with open(results_path) as f:
+    rows = json.load(f)["translations"]
+  return {r["short_name"]: r["metrics"] for r in rows if r["target"] == "segmentation"}
+
+
+def _tied_windows(x):
+  """Share of 2x2 windows (per channel) whose max is positive and reached twice or more."""
+  b, h, w, c = x.shape
+  windows = x[:, :h // 2 * 2, :w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c)
+  windows = windows.transpose(0, 1, 3, 5, 2, 4).reshape(b, h // 2, w // 2, c, 4)
+  peak = windows.max(-1)
+  tied = ((windows == peak[..., None]).sum(-1) > 1) & (peak > 0)
+  return tied.mean(), tied.sum() / max(1, (peak > 0).sum())
+
+
+def main(argv):
+  del argv
+  # Heavy imports after flag parsing, so --help is fast.
+  from mm_tf import config as mm_config  # pylint: disable=g-import-not-at-top
+  from mm_tf import layers, saving, training  # pylint: disable=g-import-not-at-top
+  config = mm_config.ExperimentConfig.from_json_file(
+      os.path.join(FLAGS.model_dir, mm_config.CONFIG_FILE))
+  model = saving.load_model(training.stage_dir(FLAGS.model_dir, FLAGS.stage))
+  batch = next(iter(training.test_dataset(config, batch_size=FLAGS.batch_size)))
+
+  # Record what each pooling layer sees (the layer is called eagerly here).
+  pooled_inputs = []
+  original_call = layers.MaxPoolWithArgmax.call
+
+  def recording_call(self, inputs):
+    pooled_inputs.append(inputs.numpy())
+    return original_call(self, inputs)
+
+  layers.MaxPoolWithArgmax.call = recording_call
+  latents = {}
+  print(f"== stage {FLAGS.stage} of {FLAGS.model_dir}: latents and switches "
+        f"({FLAGS.batch_size} test examples)")
+  for name in model.modality_names:
+    if name not in batch:
+      continue
+    pooled_inputs.clear()
+    latent = model.encode(name, batch[name], training=False)[0].numpy()
+    latents[name] = latent
+    flat = latent.reshape(len(latent), -1)
+    noise_norm = model.noise_std * np.sqrt(flat.shape[1])
+    ties = ", ".join(f"level {i + 1} {100 * a:.1f} % ({100 * p:.1f} % of positive)"
+                     for i, (a, p) in enumerate(map(_tied_windows, pooled_inputs)))
+    print(f"{name:>12}: latent {latent.shape[1:]}, RMS {np.sqrt((latent ** 2).mean()):.3f}, "
+          f"channel std {latent.std(axis=(0, 1, 2)).mean():.3f}, zeros "
+          f"{100 * (latent == 0).mean():.0f} %, norm {np.linalg.norm(flat, axis=1).mean():.1f} "
+          f"(noise norm {noise_norm:.1f}); tied positive pooling windows: {ties or '-'}")
+  layers.MaxPoolWithArgmax.call = original_call
+  anchor = latents.get(model.anchor)
+  for name, latent in latents.items():
+    if name == model.anchor or anchor is None:
+      continue
+    a, b = anchor.reshape(len(anchor), -1), latent.reshape(len(latent), -1)
+    cosine = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1),
+                                         1e-12)
+    print(f"{model.anchor}-{name}: cosine {cosine.mean():.3f}, L2 distance "
+          f"{np.linalg.norm(a - b, axis=1).mean():.1f}")
+
+  results = os.path.join(FLAGS.model_dir, "eval", f"stage_{FLAGS.stage}", "results.json")
+  if not os.path.isfile(results):
+    print(f"(no {results}: run the stage's evaluation for per-class IoU)")
+    return
+  rows = _segmentation_rows(results)
+  oracle = {}
+  if FLAGS.oracle_model_dir:
+    oracle = _segmentation_rows(os.path.join(FLAGS.oracle_model_dir, "eval", "stage_1",
+                                             "results.json"))
+  classes = list(next(iter(rows.values()))["per_class_iou"])
+  print(f"\n== per-class IoU % (stage {FLAGS.stage}" + (", oracle in brackets)" if oracle
+                                                        else ")"))
+  print(f"{'translation':>12} {'mIoU':>11} " + " ".join(f"{c:>15}" for c in classes))
+  for short_name, metrics in rows.items():
+    reference = oracle.get(short_name)
+    cells = []
+    for c in classes:
+      cell = f"{100 * metrics['per_class_iou'][c]:.0f}"
+      if reference:
+        cell += f" [{100 * reference['per_class_iou'][c]:.0f}]"
+      cells.append(f"{cell:>15}")
+    miou = f"{100 * metrics['miou']:.1f}" + (f" [{100 * reference['miou']:.1f}]"
+                                             if reference else "")
+    print(f"{short_name:>12} {miou:>11} " + " ".join(cells))
+    if reference:
+      cost = {c: 100 * (reference["per_class_iou"][c] - metrics["per_class_iou"][c])
+              / len(classes) for c in classes}
+      print(f"{'':>12} {'':>11} mIoU points lost to the oracle per class: " + ", ".join(
+          f"{c} {v:+.1f}" for c, v in sorted(cost.items(), key=lambda kv: -kv[1])))
+
+
+if __name__ == "__main__":
+  app.run(main)
