@@ -8,6 +8,8 @@ For one stage of a training `--model_dir` it prints, on a test batch:
 * for every pooling level, the share of pooling windows whose maximum is positive and
   tied: there the argmax (the switch) is arbitrary (TensorFlow takes the first
   position), which happens in flat regions such as depth's invalid (0) sky;
+* mIoU into segmentation from one encoder's latent with another's side information
+  (depth's latent with RGB's switches, RGB's latent with depth's switches, ...);
 * per-class IoU of every translation into segmentation, from the stage's
   `eval/stage_<n>/results.json`, and of `--oracle_model_dir`'s oracle when given, with
   the mIoU points each class costs against the oracle.
@@ -45,6 +47,46 @@ def _tied_windows(x):
   peak = windows.max(-1)
   tied = ((windows == peak[..., None]).sum(-1) > 1) & (peak > 0)
   return tied.mean(), tied.sum() / max(1, (peak > 0).sum())
+
+
+def _swapped_side_information(model, config, training):
+  """mIoU into each label modality with the latent of one encoder and the side information
+  (switches or skips) of another, over the whole test split.
+
+  A zero-pair translation D->S decodes depth's latent with depth's switches; the
+  segmentation decoder only ever saw RGB's and its own before stage 3. Decoding depth's
+  latent with the RGB switches of the same scene (which a zero-pair user does not have)
+  separates what the latent loses from what the switches do.
+  """
+  anchor = model.anchor
+  targets = [n for n in model.modality_names if model.modalities[n].is_categorical]
+  sources = [n for n in model.modality_names if n != anchor and n not in targets]
+  combos = [(t, lat, side) for t in targets for s in sources
+            for lat, side in ((s, s), (s, anchor), (anchor, s), (anchor, anchor))]
+  combos = list(dict.fromkeys(combos))
+  if not combos or model.decoders[targets[0]].side_information not in ("switches", "skip"):
+    return
+  confusion = {c: 0 for c in combos}
+  for batch in training.test_dataset(config):
+    encoded = {}
+    for target, latent_of, side_of in combos:
+      for name in (latent_of, side_of):
+        if name not in encoded:
+          encoded[name] = model.encode(name, batch[name], training=False)
+      logits = model.decode(target, encoded[latent_of][0], encoded[side_of][1])
+      k = model.modalities[target].channels
+      labels = np.asarray(batch[target]).ravel()
+      predicted = np.argmax(np.asarray(logits), -1).ravel()
+      valid = (labels >= 0) & (labels < k)
+      confusion[target, latent_of, side_of] = confusion[target, latent_of, side_of] + np.bincount(
+          labels[valid] * k + predicted[valid], minlength=k * k).reshape(k, k)
+  print("\n== latent of one encoder, side information of another (test split, mIoU %)")
+  for (target, latent_of, side_of), c in confusion.items():
+    iou = np.diag(c) / np.maximum(c.sum(0) + c.sum(1) - np.diag(c), 1)
+    classes = model.modalities[target].class_names
+    print(f"{target} from the {latent_of} latent with {side_of} side information: "
+          f"{100 * iou.mean():.1f} (" + ", ".join(
+              f"{n} {100 * v:.0f}" for n, v in zip(classes, iou)) + ")")
 
 
 def main(argv):
@@ -93,6 +135,8 @@ def main(argv):
                                          1e-12)
     print(f"{model.anchor}-{name}: cosine {cosine.mean():.3f}, L2 distance "
           f"{np.linalg.norm(a - b, axis=1).mean():.1f}")
+
+  _swapped_side_information(model, config, training)
 
   results = os.path.join(FLAGS.model_dir, "eval", f"stage_{FLAGS.stage}", "results.json")
   if not os.path.isfile(results):
