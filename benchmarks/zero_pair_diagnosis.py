@@ -70,6 +70,8 @@ def _swapped_side_information(model, config, training):
   for batch in training.test_dataset(config):
     encoded = {}
     for target, latent_of, side_of in combos:
+      if any(n not in batch for n in (target, latent_of, side_of)):
+        continue  # A test split without this modality (e.g. no NIR).
       for name in (latent_of, side_of):
         if name not in encoded:
           encoded[name] = model.encode(name, batch[name], training=False)
@@ -82,6 +84,8 @@ def _swapped_side_information(model, config, training):
           labels[valid] * k + predicted[valid], minlength=k * k).reshape(k, k)
   print("\n== latent of one encoder, side information of another (test split, mIoU %)")
   for (target, latent_of, side_of), c in confusion.items():
+    if not np.any(c):
+      continue
     iou = np.diag(c) / np.maximum(c.sum(0) + c.sum(1) - np.diag(c), 1)
     classes = model.modalities[target].class_names
     print(f"{target} from the {latent_of} latent with {side_of} side information: "
@@ -94,8 +98,11 @@ def main(argv):
   # Heavy imports after flag parsing, so --help is fast.
   from mm_tf import config as mm_config  # pylint: disable=g-import-not-at-top
   from mm_tf import layers, saving, training  # pylint: disable=g-import-not-at-top
-  config = mm_config.ExperimentConfig.from_json_file(
-      os.path.join(FLAGS.model_dir, mm_config.CONFIG_FILE))
+  config_path = os.path.join(FLAGS.model_dir, mm_config.CONFIG_FILE)
+  if not os.path.isfile(config_path):
+    raise app.UsageError(f"--model_dir: {config_path} is missing; pass the model_dir of a "
+                         "`python -m mm_tf.train` run.")
+  config = mm_config.ExperimentConfig.from_json_file(config_path)
   model = saving.load_model(training.stage_dir(FLAGS.model_dir, FLAGS.stage))
   batch = next(iter(training.test_dataset(config, batch_size=FLAGS.batch_size)))
 
