@@ -76,6 +76,7 @@ class ExperimentConfig:
   lambda_latent: Tuple[float, float, float] = (1.0, 10.0, 10.0)
   lambda_pseudo_pairs: float = 100.0
   pseudo_pairs_train_decoders: str = "all"
+  side_consistency: bool = False
   autoencoders: bool = True
   latent_consistency: bool = True
   latent_noise: bool = True
@@ -165,7 +166,8 @@ class ExperimentConfig:
           modality_weights=self._modality_weights(index), l2_weight=self.lambda_l2[index],
           gan_weight=self.lambda_gan[index], latent_weight=self.lambda_latent[index],
           pseudo_pair_weight=self.lambda_pseudo_pairs if number == 3 else 0.0,
-          pseudo_pairs_train_decoders=self.pseudo_pair_decoders())
+          pseudo_pairs_train_decoders=self.pseudo_pair_decoders(),
+          side_consistency=later and self.side_consistency)
     return specs
 
   def pseudo_pair_decoders(self) -> Tuple[str, ...]:
@@ -299,6 +301,13 @@ def define_flags():
                       "segmentation, depth and NIR decoders are shared with them (R->S uses the "
                       "segmentation decoder); a decoder not listed only passes the gradient on "
                       "to the source encoder. Measured in docs/training.md.")
+  flags.DEFINE_bool("side_consistency", d.side_consistency, "Not in the paper. In stages 2-3, "
+                    "also decode the RGB latent with the switches (or skips) of each other "
+                    "modality of the same example into the modalities its stream lacks (e.g. "
+                    "RGB's latent with depth's switches into segmentation), against RGB's own "
+                    "translation: teaches each decoder to read the switches of encoders it "
+                    "gets no pairs from, which zero-pair translations hand it. Uses no "
+                    "depth/segmentation pair. Measured in docs/training.md.")
   flags.DEFINE_bool("autoencoders", d.autoencoders, "Train m->m autoencoders in stages 2-3.")
   flags.DEFINE_bool("latent_consistency", d.latent_consistency, "Latent consistency loss in "
                     "stages 2-3.")

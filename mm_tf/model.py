@@ -16,10 +16,14 @@ What a step trains is data (`mm_tf.stages.StageSpec`), chosen with `set_stage(n)
   * stage 3: + pseudo-pairs (paper 5.2). Pseudo targets come from the anchor translators
     under `stop_gradient`, and the predicted side only runs non-anchor modules, so no
     anchor variable gets a gradient from them.
+  * optional in stages 2-3 (not in the paper, `StageSpec.side_consistency`): the anchor's
+    latent decoded with another encoder's side information of the same example, against
+    the anchor's own translation; only the decoder learns from it.
 
 Loss terms are reported by name (unweighted) as metrics: `"{src}_to_{dst}"` for
-translations and autoencoders, `"latent_{a}_{b}"`, `"pseudo_{src}_to_{dst}"`, `"rgb_gan"`,
-`"discriminator"` and the weighted total `"loss"`.
+translations and autoencoders, `"latent_{a}_{b}"`, `"pseudo_{src}_to_{dst}"`,
+`"side_{src}_to_{dst}"` (side information of `src`), `"rgb_gan"`, `"discriminator"` and the
+weighted total `"loss"`.
 """
 
 import itertools
@@ -182,6 +186,11 @@ class MixAndMatchNetworks(keras.Model):
                                      latent_consistency=True, pseudo_pairs=True, gan_weight=1.0)
     # The base method explicitly: subclasses add their own terms after __init__.
     return MixAndMatchNetworks.active_term_names(self, every_term)
+
+  def _side_consistency(self, spec):
+    """Whether `spec` trains the side-consistency terms (see `StageSpec`); without side
+    information a decoder's output does not depend on the source, so there is none."""
+    return spec.side_consistency and self.side_information != "none"
 
   def _adversarial_modalities(self, spec: Optional[mm_stages.StageSpec] = None):
     """Modalities with a GAN term: all adversarial ones, or (given a stage `spec`) those the
@@ -443,6 +452,8 @@ class MixAndMatchNetworks(keras.Model):
         names += [f"latent_{self.anchor}_{m}" for m in stream[1:]]
       if spec.pseudo_pairs:
         names += [f"pseudo_{s}_to_{t}" for s, t in self._pseudo_pairs(stream)]
+      if self._side_consistency(spec):
+        names += [f"side_{s}_to_{t}" for s, t in self._pseudo_pairs(stream)]
     adversarial = self._adversarial_modalities(spec)
     if adversarial:
       names += [f"{m}_gan" for m in adversarial] + ["discriminator"]
@@ -517,7 +528,7 @@ class MixAndMatchNetworks(keras.Model):
 
     # Routes (stream, source, target, term name); a translation whose target weighs 0 in
     # this stage is not computed (e.g. the oracle's reverse translations, see config).
-    routes, pseudo_routes = [], []
+    routes, pseudo_routes, side_routes = [], [], []
     for stream in self.streams:
       pairs = [(self.anchor, o) for o in stream[1:]] + [(o, self.anchor) for o in stream[1:]]
       if spec.autoencoders:
@@ -527,9 +538,13 @@ class MixAndMatchNetworks(keras.Model):
       if spec.pseudo_pairs:
         pseudo_routes += [(stream, s, t, f"pseudo_{s}_to_{t}")
                           for s, t in self._pseudo_pairs(stream)]
+      if self._side_consistency(spec):
+        side_routes += [(stream, s, t, f"side_{s}_to_{t}")
+                        for s, t in self._pseudo_pairs(stream)]
     # The latents some term needs.
     needed = {(r[0], r[1]) for r in routes + pseudo_routes}
-    needed |= {(r[0], self.anchor) for r in pseudo_routes}
+    needed |= {(r[0], self.anchor) for r in pseudo_routes + side_routes}
+    needed |= {(r[0], r[1]) for r in side_routes}
     if spec.latent_consistency:
       needed |= {(stream, m) for stream in self.streams for m in stream}
 
@@ -558,6 +573,14 @@ class MixAndMatchNetworks(keras.Model):
           outputs.update(zip(members, self._decode_together(
               target, [(noisy[r[0], r[1]], encoded[r[0], r[1]][1]) for r in members],
               trainable=not pseudo or spec.pseudo_pairs_train_decoder(target))))
+    # Side consistency: the anchor's latent (no gradient: only the decoder learns) with the
+    # side information of another encoder of the same example, in a call of its own.
+    for target in self.modalities:
+      members = [r for r in side_routes if r[2] == target]
+      if members:
+        outputs.update(zip(members, self._decode_together(
+            target, [(tf.stop_gradient(noisy[r[0], self.anchor]), encoded[r[0], r[1]][1])
+                     for r in members])))
 
     terms = {}
     for route in routes:
@@ -574,12 +597,12 @@ class MixAndMatchNetworks(keras.Model):
     # inference mode and without gradient (it is neither trained nor put in training mode
     # by this term); once per (stream, target), shared by every source of the stream.
     pseudo_targets = {}
-    for stream, _, target, _ in pseudo_routes:
+    for stream, _, target, _ in pseudo_routes + side_routes:
       if (stream, target) not in pseudo_targets:
         latent, side = encoded[stream, self.anchor]
         pseudo_targets[stream, target] = tf.stop_gradient(self.decoders[target](
             tf.stop_gradient(latent), side, training=False))
-    for route in pseudo_routes:
+    for route in pseudo_routes + side_routes:
       stream, _, target, name = route
       terms.setdefault(name, []).append(mm_losses.pseudo_pair(
           self.modalities[target], outputs[route], pseudo_targets[stream, target]))
@@ -631,13 +654,14 @@ class MixAndMatchNetworks(keras.Model):
     Returns:
       The number of batches used.
     """
-    # Without pseudo-pairs: with them a decoder runs twice per step (paired routes, then
-    # pseudo-pair outputs), and with momentum 0 the second call's moments would overwrite
+    # Without pseudo-pairs (and side consistency): with them a decoder runs twice per step
+    # (paired routes, then pseudo-pair outputs), and with momentum 0 the second call's moments would overwrite
     # the first's; the depth decoder's statistics would then be those of segmentation
     # latents alone (measured: R->D delta1 50 -> 19 over stage 3). The paired routes
     # (translations, autoencoders) call every network once and give the statistics of
     # the seen translations' inputs, to which the aligned zero-pair inputs are close.
-    spec = self.stage_spec.replace(latent_noise=False, pseudo_pairs=False)
+    spec = self.stage_spec.replace(latent_noise=False, pseudo_pairs=False,
+                                   side_consistency=False)
     trained = [m for m in list(self.encoders.values()) + list(self.decoders.values())
                if not self._is_frozen(m)]
     norms = [layer for module in trained for layer in module._flatten_layers()  # pylint: disable=protected-access

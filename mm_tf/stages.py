@@ -44,6 +44,14 @@ class StageSpec:
       left alone. Measured in docs/training.md.
     learning_rate_decay: "constant" (the paper) or "cosine": the rate falls from
       `learning_rate` to 0 over the stage's steps along a half cosine.
+    side_consistency: Not in the paper. In every stream that lacks a target modality
+      (depth and NIR's stream for segmentation, segmentation's for depth and NIR), also
+      decode the anchor's latent with the side information (switches or skips) of each
+      other modality of the same example, against the anchor's own translation (no
+      gradient; weighted like any translation into that target). Only the target decoder
+      learns from it: it learns to read the switches of encoders it never gets pairs
+      from, which zero-pair translations hand it (docs/training.md, "Where zero-pair
+      loses to the oracle"). No depth/segmentation pair is used.
   """
 
   number: int
@@ -62,6 +70,7 @@ class StageSpec:
   pseudo_pair_weight: float = 0.0
   pseudo_pairs_train_decoders: Tuple[str, ...] = ("all",)
   learning_rate_decay: str = "constant"
+  side_consistency: bool = False
 
   def __post_init__(self):
     if self.number not in (1, 2, 3):

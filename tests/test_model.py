@@ -180,6 +180,50 @@ class RoutingTest(tf.test.TestCase, parameterized.TestCase):
                                 paired.decoders[name].non_trainable_variables):
           self.assertAllClose(ours, theirs, msg=f"{name}_decoder {ours.path}")
 
+  @parameterized.parameters(2, 3)
+  def test_side_consistency_trains_only_the_target_decoders(self, stage):
+    model = make_model()
+    model.set_stage(stage)
+    model.stage_specs[stage] = model.stage_specs[stage].replace(side_consistency=True)
+    batch = structured_batch()
+    variables = model.trainable_variables
+    with tf.GradientTape() as tape:
+      terms, _ = model.compute_loss_terms(batch)
+      side = tf.add_n([tf.reduce_mean(tf.concat(v, 0)) for name, v in terms.items()
+                       if name.startswith("side_")])
+    expected = ["side_depth_to_segmentation", "side_nir_to_segmentation",
+                "side_segmentation_to_depth", "side_segmentation_to_nir"]
+    self.assertEqual(sorted(n for n in terms if n.startswith("side_")), expected)
+    self.assertContainsSubset(expected, model.active_term_names())
+    for name in expected:
+      self.assertTrue(np.all(np.isfinite(tf.concat(terms[name], 0))), name)
+    gradients = dict(zip([id(v) for v in variables], tape.gradient(side, variables)))
+
+    def gradient_norm(module):
+      return sum(float(tf.reduce_sum(tf.abs(gradients[id(v)])))
+                 for v in module.trainable_variables if gradients[id(v)] is not None)
+
+    for encoder in model.encoders.values():  # Switches carry no gradient; latents none.
+      self.assertEqual(gradient_norm(encoder), 0.0, encoder.name)
+    self.assertEqual(gradient_norm(model.decoders["rgb"]), 0.0)
+    for name in ["depth", "nir", "segmentation"]:
+      self.assertGreater(gradient_norm(model.decoders[name]), 0.0, f"{name}_decoder")
+
+    # The anchor's own switches would make the term the distance of the anchor's
+    # translation in training mode to itself in inference mode: the term is about
+    # another encoder's switches, so swapping them in must change it.
+    anchor_side = model.compute_loss_terms(batch)[0]["side_depth_to_segmentation"]
+    model.encoders["depth"].set_weights(
+        [w + 0.5 for w in model.encoders["depth"].get_weights()])
+    self.assertNotAllClose(tf.concat(anchor_side, 0), tf.concat(
+        model.compute_loss_terms(batch)[0]["side_depth_to_segmentation"], 0))
+
+  def test_side_consistency_is_off_without_side_information(self):
+    model = make_model(side_information="none")
+    spec = model.stage_specs[2].replace(side_consistency=True)
+    terms, _ = model.compute_loss_terms(structured_batch(), spec)
+    self.assertFalse([n for n in terms if n.startswith("side_")])
+
   def test_translations_are_derived_from_streams(self):
     model = make_model()
     self.assertIn(("depth", "rgb"), model.seen_translations)

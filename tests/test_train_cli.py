@@ -215,6 +215,10 @@ class CompatibilityTest(tf.test.TestCase):
       self.assertEqual(spec.pseudo_pairs_train_decoders, expected)
       self.assertEqual(spec.pseudo_pairs_train_decoder("depth"), False)
       self.assertEqual(spec.pseudo_pairs_train_decoder("nir"), bool(expected))
+    # --side_consistency: off by default (not in the paper); on, in stages 2-3 only.
+    self.assertFalse(any(spec.side_consistency for spec in stages.values()))
+    sides = config.replace(side_consistency=True).stages()
+    self.assertEqual([sides[n].side_consistency for n in (1, 2, 3)], [False, True, True])
 
   def test_learning_rate_decay(self):
     self.assertEqual(mm_config.ExperimentConfig().stages()[1].learning_rate_schedule(), 2e-4)
