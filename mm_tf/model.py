@@ -183,7 +183,8 @@ class MixAndMatchNetworks(keras.Model):
   def _all_term_names(self):
     """Every term any stage can report: the terms of a stage with everything on."""
     every_term = mm_stages.StageSpec(number=3, steps=0, learning_rate=1.0, autoencoders=True,
-                                     latent_consistency=True, pseudo_pairs=True, gan_weight=1.0)
+                                     latent_consistency=True, pseudo_pairs=True, gan_weight=1.0,
+                                     side_consistency=True)
     # The base method explicitly: subclasses add their own terms after __init__.
     return MixAndMatchNetworks.active_term_names(self, every_term)
 

@@ -217,6 +217,10 @@ class RoutingTest(tf.test.TestCase, parameterized.TestCase):
         [w + 0.5 for w in model.encoders["depth"].get_weights()])
     self.assertNotAllClose(tf.concat(anchor_side, 0), tf.concat(
         model.compute_loss_terms(batch)[0]["side_depth_to_segmentation"], 0))
+    # fit() reports the terms (each has its metric tracker).
+    history = train_steps(model, batch, stage=stage, steps=1)
+    for name in expected:
+      self.assertTrue(np.isfinite(history.history[name][0]), name)
 
   def test_side_consistency_is_off_without_side_information(self):
     model = make_model(side_information="none")
