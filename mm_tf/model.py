@@ -656,8 +656,8 @@ class MixAndMatchNetworks(keras.Model):
       The number of batches used.
     """
     # Without pseudo-pairs (and side consistency): with them a decoder runs twice per step
-    # (paired routes, then pseudo-pair outputs), and with momentum 0 the second call's moments would overwrite
-    # the first's; the depth decoder's statistics would then be those of segmentation
+    # (paired routes, then pseudo-pair outputs), and with momentum 0 the second call's
+    # moments would overwrite the first's; the depth decoder's statistics would then be those of segmentation
     # latents alone (measured: R->D delta1 50 -> 19 over stage 3). The paired routes
     # (translations, autoencoders) call every network once and give the statistics of
     # the seen translations' inputs, to which the aligned zero-pair inputs are close.
