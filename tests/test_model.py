@@ -72,6 +72,23 @@ def moved(before, module):
   return any(not np.array_equal(b, v.numpy()) for b, v in zip(before, module.variables))
 
 
+def terms_and_gradient_norm(model, batch, prefix):
+  """`compute_loss_terms(batch)` and a function giving, per module, the gradient norm of the
+  sum of the mean terms whose names start with `prefix`."""
+  variables = model.trainable_variables
+  with tf.GradientTape() as tape:
+    terms, _ = model.compute_loss_terms(batch)
+    total = tf.add_n([tf.reduce_mean(tf.concat(v, 0)) for name, v in terms.items()
+                      if name.startswith(prefix)])
+  gradients = dict(zip([id(v) for v in variables], tape.gradient(total, variables)))
+
+  def gradient_norm(module):
+    return sum(float(tf.reduce_sum(tf.abs(gradients[id(v)])))
+               for v in module.trainable_variables if gradients[id(v)] is not None)
+
+  return terms, gradient_norm
+
+
 class RoutingTest(tf.test.TestCase, parameterized.TestCase):
 
   def test_stage2_freezes_rgb_encoder_and_trains_everything_else(self):
@@ -138,19 +155,10 @@ class RoutingTest(tf.test.TestCase, parameterized.TestCase):
     model = stage3_model()
     start = model.get_weights()
     batch = structured_batch()
-    variables = model.trainable_variables
-    with tf.GradientTape() as tape:
-      terms, _ = model.compute_loss_terms(batch)
-      pseudo = tf.add_n([tf.reduce_mean(tf.concat(v, 0)) for name, v in terms.items()
-                         if name.startswith("pseudo_")])
+    terms, gradient_norm = terms_and_gradient_norm(model, batch, "pseudo_")
     self.assertEqual(sorted(n for n in terms if n.startswith("pseudo_")),
                      ["pseudo_depth_to_segmentation", "pseudo_nir_to_segmentation",
                       "pseudo_segmentation_to_depth", "pseudo_segmentation_to_nir"])
-    gradients = dict(zip([id(v) for v in variables], tape.gradient(pseudo, variables)))
-
-    def gradient_norm(module):
-      return sum(float(tf.reduce_sum(tf.abs(gradients[id(v)])))
-                 for v in module.trainable_variables if gradients[id(v)] is not None)
 
     self.assertEqual(gradient_norm(model.encoders["rgb"]), 0.0)
     self.assertEqual(gradient_norm(model.decoders["rgb"]), 0.0)
@@ -186,23 +194,13 @@ class RoutingTest(tf.test.TestCase, parameterized.TestCase):
     model.set_stage(stage)
     model.stage_specs[stage] = model.stage_specs[stage].replace(side_consistency=True)
     batch = structured_batch()
-    variables = model.trainable_variables
-    with tf.GradientTape() as tape:
-      terms, _ = model.compute_loss_terms(batch)
-      side = tf.add_n([tf.reduce_mean(tf.concat(v, 0)) for name, v in terms.items()
-                       if name.startswith("side_")])
+    terms, gradient_norm = terms_and_gradient_norm(model, batch, "side_")
     expected = ["side_depth_to_segmentation", "side_nir_to_segmentation",
                 "side_segmentation_to_depth", "side_segmentation_to_nir"]
     self.assertEqual(sorted(n for n in terms if n.startswith("side_")), expected)
     self.assertContainsSubset(expected, model.active_term_names())
     for name in expected:
       self.assertTrue(np.all(np.isfinite(tf.concat(terms[name], 0))), name)
-    gradients = dict(zip([id(v) for v in variables], tape.gradient(side, variables)))
-
-    def gradient_norm(module):
-      return sum(float(tf.reduce_sum(tf.abs(gradients[id(v)])))
-                 for v in module.trainable_variables if gradients[id(v)] is not None)
-
     for encoder in model.encoders.values():  # Switches carry no gradient; latents none.
       self.assertEqual(gradient_norm(encoder), 0.0, encoder.name)
     self.assertEqual(gradient_norm(model.decoders["rgb"]), 0.0)
