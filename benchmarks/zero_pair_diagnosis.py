@@ -49,7 +49,7 @@ def _tied_windows(x):
   return tied.mean(), tied.sum() / max(1, (peak > 0).sum())
 
 
-def _swapped_side_information(model, config, training):
+def _swapped_side_information(model, config, training, metrics):
   """mIoU into each label modality with the latent of one encoder and the side information
   (switches or skips) of another, over the whole test split.
 
@@ -66,7 +66,9 @@ def _swapped_side_information(model, config, training):
   combos = list(dict.fromkeys(combos))
   if not combos or model.decoders[targets[0]].side_information not in ("switches", "skip"):
     return
-  confusion = {c: 0 for c in combos}
+  scores = {c: metrics.SegmentationMetric(model.modalities[c[0]].channels,
+                                          class_names=model.modalities[c[0]].class_names)
+            for c in combos}
   for batch in training.test_dataset(config):
     encoded = {}
     for target, latent_of, side_of in combos:
@@ -76,28 +78,24 @@ def _swapped_side_information(model, config, training):
         if name not in encoded:
           encoded[name] = model.encode(name, batch[name], training=False)
       logits = model.decode(target, encoded[latent_of][0], encoded[side_of][1])
-      k = model.modalities[target].channels
-      labels = np.asarray(batch[target]).ravel()
-      predicted = np.argmax(np.asarray(logits), -1).ravel()
-      valid = (labels >= 0) & (labels < k)
-      confusion[target, latent_of, side_of] = confusion[target, latent_of, side_of] + np.bincount(
-          labels[valid] * k + predicted[valid], minlength=k * k).reshape(k, k)
+      scores[target, latent_of, side_of].update(
+          batch[target], model.modalities[target].to_labels(logits))
   print("\n== latent of one encoder, side information of another (test split, mIoU %)")
-  for (target, latent_of, side_of), c in confusion.items():
-    if not np.any(c):
+  for (target, latent_of, side_of), metric in scores.items():
+    if not metric.confusion.any():
       continue
-    iou = np.diag(c) / np.maximum(c.sum(0) + c.sum(1) - np.diag(c), 1)
-    classes = model.modalities[target].class_names
+    result = metric.result()
     print(f"{target} from the {latent_of} latent with {side_of} side information: "
-          f"{100 * iou.mean():.1f} (" + ", ".join(
-              f"{n} {100 * v:.0f}" for n, v in zip(classes, iou)) + ")")
+          f"{100 * result['miou']:.1f} (" + ", ".join(
+              f"{n} {100 * v:.0f}" for n, v in result["per_class_iou"].items()
+              if v is not None) + ")")
 
 
 def main(argv):
   del argv
   # Heavy imports after flag parsing, so --help is fast.
   from mm_tf import config as mm_config  # pylint: disable=g-import-not-at-top
-  from mm_tf import layers, saving, training  # pylint: disable=g-import-not-at-top
+  from mm_tf import layers, metrics, saving, training  # pylint: disable=g-import-not-at-top
   config_path = os.path.join(FLAGS.model_dir, mm_config.CONFIG_FILE)
   if not os.path.isfile(config_path):
     raise app.UsageError(f"--model_dir: {config_path} is missing; pass the model_dir of a "
@@ -143,7 +141,7 @@ def main(argv):
     print(f"{model.anchor}-{name}: cosine {cosine.mean():.3f}, L2 distance "
           f"{np.linalg.norm(a - b, axis=1).mean():.1f}")
 
-  _swapped_side_information(model, config, training)
+  _swapped_side_information(model, config, training, metrics)
 
   results = os.path.join(FLAGS.model_dir, "eval", f"stage_{FLAGS.stage}", "results.json")
   if not os.path.isfile(results):

@@ -567,21 +567,17 @@ class MixAndMatchNetworks(keras.Model):
 
     # Routes grouped into one decoder call per target.
     outputs = {}
-    for group, pseudo in ((routes, False), (pseudo_routes, True)):
+    # Side-consistency routes decode the anchor's latent (no gradient: only the decoder
+    # learns) with the side information of the route's source, in a call of their own.
+    for group, kind in ((routes, "paired"), (pseudo_routes, "pseudo"), (side_routes, "side")):
       for target in self.modalities:
         members = [r for r in group if r[2] == target]
         if members:
+          latents = [tf.stop_gradient(noisy[r[0], self.anchor]) if kind == "side"
+                     else noisy[r[0], r[1]] for r in members]
           outputs.update(zip(members, self._decode_together(
-              target, [(noisy[r[0], r[1]], encoded[r[0], r[1]][1]) for r in members],
-              trainable=not pseudo or spec.pseudo_pairs_train_decoder(target))))
-    # Side consistency: the anchor's latent (no gradient: only the decoder learns) with the
-    # side information of another encoder of the same example, in a call of its own.
-    for target in self.modalities:
-      members = [r for r in side_routes if r[2] == target]
-      if members:
-        outputs.update(zip(members, self._decode_together(
-            target, [(tf.stop_gradient(noisy[r[0], self.anchor]), encoded[r[0], r[1]][1])
-                     for r in members])))
+              target, list(zip(latents, [encoded[r[0], r[1]][1] for r in members])),
+              trainable=kind != "pseudo" or spec.pseudo_pairs_train_decoder(target))))
 
     terms = {}
     for route in routes:
