@@ -38,7 +38,10 @@ Atomicity: all SavedModels of a version are written into one staging directory i
 `export_dir` (`.export-staging-*`, not a version number, so no server loads it), then each
 is renamed to `<model>/<version>`; `manifest.json` and `models.config` are replaced last
 with `os.replace`. An interrupted export leaves no version directory; a SIGKILL at worst
-leaves a staging directory, which the next export removes.
+leaves a staging directory, which the next export removes: the staging name records the
+exporting process (`<pid>@<host>`), so a directory whose process is gone on this host is
+removed at once, and one from another host (a shared file system) once it is
+`STALE_STAGING_SECONDS` old.
 """
 
 import itertools
@@ -47,6 +50,7 @@ import math
 import os
 import re
 import shutil
+import socket
 import tempfile
 import time
 from typing import Dict, Mapping, Optional, Sequence
@@ -465,11 +469,46 @@ def _write_atomic(path, text):
     raise
 
 
+def _staging_prefix():
+  # The owner goes into the name (created atomically by mkdtemp), not into a file written
+  # after it, so a kill at any point leaves a directory the next export can attribute.
+  host = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())
+  return f"{STAGING_PREFIX}{os.getpid()}@{host}-"
+
+
+def _process_alive(pid):
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # Someone else's process: alive.
+    return True
+  return True
+
+
 def _remove_stale_staging(export_dir):
+  """Removes staging directories of exports that were killed.
+
+  A directory made by a process of this host that no longer runs is removed at once; any
+  other (another host's, or an older name format) once it is `STALE_STAGING_SECONDS` old,
+  because a running export on another host must not lose its files.
+  """
   now = time.time()
+  host = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())
+  owner = re.compile(rf"^{re.escape(STAGING_PREFIX)}(\d+)@([A-Za-z0-9._]+)-[^-]*$")
   for name in os.listdir(export_dir):
+    if not name.startswith(STAGING_PREFIX):
+      continue
     path = os.path.join(export_dir, name)
-    if name.startswith(STAGING_PREFIX) and now - os.path.getmtime(path) > STALE_STAGING_SECONDS:
+    match = owner.match(name)
+    if match and match.group(2) == host:
+      abandoned = not _process_alive(int(match.group(1)))
+    else:
+      try:
+        abandoned = now - os.path.getmtime(path) > STALE_STAGING_SECONDS
+      except OSError:  # Removed meanwhile by its own export.
+        continue
+    if abandoned:
       shutil.rmtree(path, ignore_errors=True)
 
 
@@ -518,7 +557,7 @@ def export_model(model, export_dir: str, version: Optional[int] = None,
   manifest_text = json.dumps(manifest, indent=2)
   assets = {MANIFEST_FILE: manifest_text}
 
-  staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=export_dir)
+  staging = tempfile.mkdtemp(prefix=_staging_prefix(), dir=export_dir)
   try:
     functions = _Signatures(wire_format)
     for m in names:

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from unittest import mock
 
 import numpy as np
@@ -280,6 +281,28 @@ class ExportTest(tf.test.TestCase):
       shutil.rmtree(staging)
     with self.assertRaisesRegex(FileExistsError, "already exists"):
       export.export_model(self.model, self.export_dir, version=1)
+
+  def test_next_export_removes_only_abandoned_staging_directories(self):
+    dead = subprocess.Popen(["true"])  # A pid of this host that no longer runs.
+    dead.wait()
+    host = export._staging_prefix().split("@", 1)[1]
+    names = {
+        "dead_here": f"{export.STAGING_PREFIX}{dead.pid}@{host}abc123",
+        "alive_here": f"{export._staging_prefix()}abc123",
+        "other_host": f"{export.STAGING_PREFIX}{dead.pid}@elsewhere.example-abc123",
+        "other_host_old": f"{export.STAGING_PREFIX}{dead.pid}@elsewhere.example-old123",
+        "old_format": f"{export.STAGING_PREFIX}abc123",
+    }
+    for name in names.values():
+      os.makedirs(os.path.join(self.export_dir, name, "depth_encoder"))
+    old = time.time() - export.STALE_STAGING_SECONDS - 60
+    os.utime(os.path.join(self.export_dir, names["other_host_old"]), (old, old))
+    export._remove_stale_staging(self.export_dir)
+    left = set(os.listdir(self.export_dir))
+    self.assertNotIn(names["dead_here"], left)
+    self.assertNotIn(names["other_host_old"], left)
+    for kept in ("alive_here", "other_host", "old_format"):
+      self.assertIn(names[kept], left, kept)
 
 
 if __name__ == "__main__":
