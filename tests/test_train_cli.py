@@ -5,6 +5,7 @@ The run is tiny (32x32 synthetic forest, width 1/16, a few steps) and runs eager
 spends its time in steps rather than in graph tracing.
 """
 
+import glob
 import json
 import os
 import signal
@@ -83,6 +84,49 @@ class TrainCliTest(tf.test.TestCase):
                              capture_output=True, text=True, timeout=120)
     self.assertNotEqual(refused.returncode, 0)
     self.assertIn("--width", refused.stdout + refused.stderr)
+
+
+_PARSE_FLAGFILES = """
+import json, sys
+from absl import flags
+from mm_tf import config
+config.define_flags()
+out = {}
+for path in sys.argv[1:]:
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["mm_tf.train", "--flagfile=" + path])
+  parsed = config.from_flags()
+  out[path] = dict(steps=list(parsed.steps), oracle_steps=parsed.oracle_steps,
+                   stages=sorted(parsed.stages()), image_size=parsed.image_size,
+                   width=parsed.width, num_pools=parsed.num_pools,
+                   batch_size=parsed.batch_size, dataset=parsed.dataset)
+print(json.dumps(out))
+"""
+
+
+class ConfigFlagfilesTest(tf.test.TestCase):
+  """Every shipped flagfile parses into a valid config (a stale flag fails here, not in a run)."""
+
+  def test_every_flagfile_parses_and_the_paper_configs_keep_the_paper_schedule(self):
+    paths = sorted(glob.glob(os.path.join(REPO, "configs", "*.flags")))
+    self.assertGreaterEqual(len(paths), 5)
+    result = subprocess.run([sys.executable, "-c", _PARSE_FLAGFILES] + paths, cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    self.assertEqual(result.returncode, 0, result.stderr[-2000:])
+    parsed = {os.path.basename(k): v for k, v in json.loads(result.stdout).items()}
+    for name, config in parsed.items():
+      self.assertEqual(config["stages"], [1, 2, 3], name)
+    for name in ("freiburg.flags", "sun_rgbd.flags", "scenenet_rgbd.flags"):
+      self.assertEqual(parsed[name]["steps"], [200000, 200000, 100000], name)
+      self.assertEqual((parsed[name]["image_size"], parsed[name]["width"],
+                        parsed[name]["num_pools"], parsed[name]["batch_size"]),
+                       (256, 1.0, 5, 6), name)
+    # The longer synthetic config is the main job's networks with more steps.
+    main, long = parsed["synthetic_forest.flags"], parsed["synthetic_forest_long.flags"]
+    for key in ("dataset", "image_size", "width", "num_pools", "batch_size"):
+      self.assertEqual(main[key], long[key], key)
+    self.assertEqual(long["steps"], [4 * s for s in main["steps"]])
+    self.assertEqual(long["oracle_steps"], sum(long["steps"]))
 
 
 class UserErrorTest(tf.test.TestCase):
