@@ -469,11 +469,14 @@ def _write_atomic(path, text):
     raise
 
 
+def _host():
+  return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())
+
+
 def _staging_prefix():
   # The owner goes into the name (created atomically by mkdtemp), not into a file written
   # after it, so a kill at any point leaves a directory the next export can attribute.
-  host = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())
-  return f"{STAGING_PREFIX}{os.getpid()}@{host}-"
+  return f"{STAGING_PREFIX}{os.getpid()}@{_host()}-"
 
 
 def _process_alive(pid):
@@ -490,24 +493,23 @@ def _remove_stale_staging(export_dir):
   """Removes staging directories of exports that were killed.
 
   A directory made by a process of this host that no longer runs is removed at once; any
-  other (another host's, or an older name format) once it is `STALE_STAGING_SECONDS` old,
-  because a running export on another host must not lose its files.
+  (another host's, an older name format, or one whose pid was reused) once it is
+  `STALE_STAGING_SECONDS` old, because a running export on another host must not lose
+  its files.
   """
   now = time.time()
-  host = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())
   owner = re.compile(rf"^{re.escape(STAGING_PREFIX)}(\d+)@([A-Za-z0-9._]+)-[^-]*$")
   for name in os.listdir(export_dir):
     if not name.startswith(STAGING_PREFIX):
       continue
     path = os.path.join(export_dir, name)
     match = owner.match(name)
-    if match and match.group(2) == host:
-      abandoned = not _process_alive(int(match.group(1)))
-    else:
-      try:
-        abandoned = now - os.path.getmtime(path) > STALE_STAGING_SECONDS
-      except OSError:  # Removed meanwhile by its own export.
-        continue
+    try:
+      abandoned = ((match and match.group(2) == _host()
+                    and not _process_alive(int(match.group(1))))
+                   or now - os.path.getmtime(path) > STALE_STAGING_SECONDS)
+    except OSError:  # Removed meanwhile by its own export.
+      continue
     if abandoned:
       shutil.rmtree(path, ignore_errors=True)
 

@@ -292,15 +292,18 @@ class ExportTest(tf.test.TestCase):
         "other_host": f"{export.STAGING_PREFIX}{dead.pid}@elsewhere.example-abc123",
         "other_host_old": f"{export.STAGING_PREFIX}{dead.pid}@elsewhere.example-old123",
         "old_format": f"{export.STAGING_PREFIX}abc123",
+        "alive_here_old": f"{export._staging_prefix()}old123",  # A reused pid.
     }
     for name in names.values():
       os.makedirs(os.path.join(self.export_dir, name, "depth_encoder"))
     old = time.time() - export.STALE_STAGING_SECONDS - 60
-    os.utime(os.path.join(self.export_dir, names["other_host_old"]), (old, old))
+    for stale in ("other_host_old", "alive_here_old"):
+      os.utime(os.path.join(self.export_dir, names[stale]), (old, old))
     export._remove_stale_staging(self.export_dir)
     left = set(os.listdir(self.export_dir))
     self.assertNotIn(names["dead_here"], left)
     self.assertNotIn(names["other_host_old"], left)
+    self.assertNotIn(names["alive_here_old"], left)
     for kept in ("alive_here", "other_host", "old_format"):
       self.assertIn(names[kept], left, kept)
 
