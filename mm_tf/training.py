@@ -404,18 +404,23 @@ def write_image(tag, image, step, description=""):
 
 # ------------------------------------------------------------------ callbacks
 class CheckpointCallback(keras.callbacks.Callback):
-  """Saves a resumable checkpoint every `every` steps and at the end of the stage.
+  """Saves a resumable checkpoint every `every` steps (the caller saves the last one).
 
   Every worker saves (saving reads distributed variables collectively); a non-chief
   worker's manager writes into a temporary directory that `worker` removes again.
+  `final_step` is never saved here: a checkpoint at a stage's last step must mean the
+  stage is complete, precise BN included, because a resumed run that finds one trains
+  and recalibrates nothing. `train_stage` saves it after the recalibration.
   """
 
-  def __init__(self, manager, step, initial_step, every, worker=None, directory=None):
+  def __init__(self, manager, step, initial_step, every, worker=None, directory=None,
+               final_step=None):
     super().__init__()
     self.manager = manager
     self.step = step
     self.initial_step = initial_step
     self.every = every
+    self.final_step = final_step
     self.last_saved = initial_step
     self.worker = worker or Worker()
     self.directory = directory
@@ -425,7 +430,7 @@ class CheckpointCallback(keras.callbacks.Callback):
 
   def on_train_batch_end(self, batch, logs=None):
     step = self.current_step(batch)
-    if step % self.every == 0:
+    if step % self.every == 0 and step != self.final_step:
       self.save(step)
 
   def save(self, step):
@@ -696,7 +701,7 @@ def train_stage(model, config, stage, strategy, writer, probe_batch, restore: bo
   data = distributed_train_dataset(config, strategy, seed_offset=stage_seed_offset(stage),
                                    initial_step=initial_step)
   checkpointer = CheckpointCallback(manager, step, initial_step, config.checkpoint_every_steps,
-                                    worker, checkpoint_dir)
+                                    worker, checkpoint_dir, final_step=spec.steps)
   callbacks = [
       ProgressCallback(stage, spec.steps, initial_step, shown=_console_terms(model, spec)),
       TensorBoardCallback(writer, step_offset, initial_step, config.log_every_steps,
@@ -706,10 +711,9 @@ def train_stage(model, config, stage, strategy, writer, probe_batch, restore: bo
   ]
   start = time.time()
   run_train_steps(model, strategy, data, remaining, callbacks, config.run_eagerly)
-  recalibrated = recalibrate_batch_norm(model, config, strategy, stage)
-  if recalibrated or checkpointer.last_saved != spec.steps:
-    # After the recalibration, so a resumed run finds the recalibrated statistics.
-    checkpointer.save(spec.steps)
+  recalibrate_batch_norm(model, config, strategy, stage)
+  # After the recalibration, so a resumed run finds the recalibrated statistics.
+  checkpointer.save(spec.steps)
   check_workers_agree(model, strategy, worker, f"Stage {stage}")
   elapsed = time.time() - start
   print(f"Stage {stage}: {remaining} steps in {elapsed:.1f} s "

@@ -305,6 +305,26 @@ class CompatibilityTest(tf.test.TestCase):
     for a, b in zip(saved.variables, restored.variables):
       self.assertAllClose(a.numpy(), b.numpy(), msg=a.path)
 
+  def test_the_last_step_is_checkpointed_only_after_precise_bn(self):
+    # A checkpoint at a stage's last step tells a resumed run the stage is complete (it
+    # trains and recalibrates nothing), so the periodic callback must not write it.
+    saved_steps = []
+
+    class Manager:
+      def save(self, checkpoint_number):
+        saved_steps.append(checkpoint_number)
+
+    step = tf.Variable(0, dtype=tf.int64)
+    callback = training.CheckpointCallback(Manager(), step, initial_step=0, every=2,
+                                           final_step=6)
+    for batch in range(6):
+      callback.on_train_batch_end(batch)
+    self.assertEqual(saved_steps, [2, 4])
+    self.assertEqual(callback.last_saved, 4)
+    resumed = training.CheckpointCallback(Manager(), step, initial_step=4, every=2)
+    resumed.on_train_batch_end(1)  # Without final_step (the suite runner): every 2nd step.
+    self.assertEqual(saved_steps, [2, 4, 6])
+
   def test_vgg16_h5_maps_onto_the_rgb_encoder(self):
     import h5py  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
