@@ -497,7 +497,7 @@ def _remove_stale_staging(export_dir):
   `STALE_STAGING_SECONDS` old, because a running export on another host must not lose
   its files.
   """
-  now = time.time()
+  now, host = time.time(), _host()
   owner = re.compile(rf"^{re.escape(STAGING_PREFIX)}(\d+)@([A-Za-z0-9._]+)-[^-]*$")
   for name in os.listdir(export_dir):
     if not name.startswith(STAGING_PREFIX):
@@ -505,7 +505,7 @@ def _remove_stale_staging(export_dir):
     path = os.path.join(export_dir, name)
     match = owner.match(name)
     try:
-      abandoned = ((match and match.group(2) == _host()
+      abandoned = ((match and match.group(2) == host
                     and not _process_alive(int(match.group(1))))
                    or now - os.path.getmtime(path) > STALE_STAGING_SECONDS)
     except OSError:  # Removed meanwhile by its own export.

@@ -543,9 +543,8 @@ class MixAndMatchNetworks(keras.Model):
         side_routes += [(stream, s, t, f"side_{s}_to_{t}")
                         for s, t in self._pseudo_pairs(stream)]
     # The latents some term needs.
-    needed = {(r[0], r[1]) for r in routes + pseudo_routes}
+    needed = {(r[0], r[1]) for r in routes + pseudo_routes + side_routes}
     needed |= {(r[0], self.anchor) for r in pseudo_routes + side_routes}
-    needed |= {(r[0], r[1]) for r in side_routes}
     if spec.latent_consistency:
       needed |= {(stream, m) for stream in self.streams for m in stream}
 
@@ -653,10 +652,11 @@ class MixAndMatchNetworks(keras.Model):
     """
     # Without pseudo-pairs (and side consistency): with them a decoder runs twice per step
     # (paired routes, then pseudo-pair outputs), and with momentum 0 the second call's
-    # moments would overwrite the first's; the depth decoder's statistics would then be those of segmentation
-    # latents alone (measured: R->D delta1 50 -> 19 over stage 3). The paired routes
-    # (translations, autoencoders) call every network once and give the statistics of
-    # the seen translations' inputs, to which the aligned zero-pair inputs are close.
+    # moments would overwrite the first's; the depth decoder's statistics would then be
+    # those of segmentation latents alone (measured: R->D delta1 50 -> 19 over stage 3).
+    # The paired routes (translations, autoencoders) call every network once and give the
+    # statistics of the seen translations' inputs, to which the aligned zero-pair inputs
+    # are close.
     spec = self.stage_spec.replace(latent_noise=False, pseudo_pairs=False,
                                    side_consistency=False)
     trained = [m for m in list(self.encoders.values()) + list(self.decoders.values())

@@ -650,24 +650,23 @@ def stage_seed_offset(stage: int, recalibration: bool = False) -> int:
   return 1000 * stage + (999 if recalibration else 0)
 
 
-def recalibrate_batch_norm(model, config, strategy, stage, dataset=None) -> bool:
+def recalibrate_batch_norm(model, config, strategy, stage, dataset=None):
   """Precise batch-norm statistics at the end of a stage (`--batch_norm_recalibration_batches`).
 
   Skipped (with a log line) under strategies with several replicas: each replica would
   compute its own statistics and the workers' weights would no longer be identical.
   `dataset` (default: the stage's training data with its recalibration seed) gives the
-  batches. Returns whether the statistics were recalibrated.
+  batches.
   """
   if config.batch_norm_recalibration_batches <= 0:
-    return False
+    return
   if strategy.num_replicas_in_sync > 1:
     logging.info("Batch-norm recalibration skipped: %d replicas.",
                  strategy.num_replicas_in_sync)
-    return False
+    return
   if dataset is None:
     dataset = train_dataset(config, seed_offset=stage_seed_offset(stage, recalibration=True))
   model.recalibrate_batch_norm(dataset.take(config.batch_norm_recalibration_batches))
-  return True
 
 
 def train_stage(model, config, stage, strategy, writer, probe_batch, restore: bool,
