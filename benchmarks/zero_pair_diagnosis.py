@@ -9,7 +9,9 @@ For one stage of a training `--model_dir` it prints, on a test batch:
   tied: there the argmax (the switch) is arbitrary (TensorFlow takes the first
   position), which happens in flat regions such as depth's invalid (0) sky;
 * mIoU into segmentation from one encoder's latent with another's side information
-  (depth's latent with RGB's switches, RGB's latent with depth's switches, ...);
+  (depth's latent with RGB's switches, RGB's latent with depth's switches, ...), and
+  with the anchor's side information at some pooling levels only (which level's
+  switches a zero-pair translation loses on);
 * per-class IoU of every translation into segmentation, from the stage's
   `eval/stage_<n>/results.json`, and of `--oracle_model_dir`'s oracle when given, with
   the mIoU points each class costs against the oracle.
@@ -91,6 +93,52 @@ def _swapped_side_information(model, config, training, metrics):
               if v is not None) + ")")
 
 
+def _side_information_per_level(model, config, training, metrics):
+  """mIoU of each zero-pair translation into a label modality when the source's side
+  information is replaced by the anchor's at one level, at all but one, or at all.
+
+  Tells at which pooling level (1 = finest) the source's switches differ from what the
+  decoder learned to read.
+  """
+  anchor = model.anchor
+  targets = [n for n in model.modality_names if model.modalities[n].is_categorical]
+  sources = [n for n in model.modality_names if n != anchor and n not in targets]
+  if not targets or model.decoders[targets[0]].side_information not in ("switches", "skip"):
+    return
+  levels = model.num_pools
+  variants = {"own": ()}
+  variants.update({f"{anchor}'s at level {i + 1} only": (i,) for i in range(levels)})
+  variants.update({f"{anchor}'s except at level {i + 1}":
+                   tuple(j for j in range(levels) if j != i) for i in range(levels)})
+  variants[f"{anchor}'s at every level"] = tuple(range(levels))
+  scores = {(t, s, v): metrics.SegmentationMetric(
+      model.modalities[t].channels, class_names=model.modalities[t].class_names)
+            for t in targets for s in sources for v in variants}
+  for batch in training.test_dataset(config):
+    for source in sources:
+      if source not in batch or anchor not in batch:
+        continue
+      latent, side = model.encode(source, batch[source], training=False)
+      anchor_side = model.encode(anchor, batch[anchor], training=False)[1]
+      for target in targets:
+        if target not in batch:
+          continue
+        for name, swapped in variants.items():
+          mixed = tuple(anchor_side[i] if i in swapped else side[i] for i in range(levels))
+          scores[target, source, name].update(
+              batch[target], model.modalities[target].to_labels(
+                  model.decode(target, latent, mixed)))
+  print(f"\n== a source's latent with its own side information, or {anchor}'s at some "
+        "pooling levels (1 = finest; test split, mIoU %)")
+  for (target, source, name), metric in scores.items():
+    if not metric.confusion.any():
+      continue
+    result = metric.result()
+    print(f"{source}->{target}, {name}: {100 * result['miou']:.1f} (" + ", ".join(
+        f"{n} {100 * v:.0f}" for n, v in result["per_class_iou"].items() if v is not None)
+          + ")")
+
+
 def main(argv):
   del argv
   # Heavy imports after flag parsing, so --help is fast.
@@ -142,6 +190,7 @@ def main(argv):
           f"{np.linalg.norm(a - b, axis=1).mean():.1f}")
 
   _swapped_side_information(model, config, training, metrics)
+  _side_information_per_level(model, config, training, metrics)
 
   results = os.path.join(FLAGS.model_dir, "eval", f"stage_{FLAGS.stage}", "results.json")
   if not os.path.isfile(results):
