@@ -573,7 +573,7 @@ class MixAndMatchNetworks(keras.Model):
     # those statistics come from the paired routes. In training mode the decoder learned
     # the pseudo-pairs under their own batch statistics, which the test never uses.
     # Measured (docs/training.md, three seeds): R->S +1.1 to +1.2 mIoU, N->S -0.2 to
-    # +1.8, D->S -0.8 to 0.
+    # +1.9, D->S -0.7 to 0.
     for group, kind in ((routes, "paired"), (pseudo_routes, "pseudo"), (side_routes, "side")):
       for target in self.modalities:
         members = [r for r in group if r[2] == target]
