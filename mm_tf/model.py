@@ -660,11 +660,13 @@ class MixAndMatchNetworks(keras.Model):
     Returns:
       The number of batches used.
     """
-    # Without pseudo-pairs (and side consistency): with them a decoder runs twice per step
-    # (paired routes, then pseudo-pair outputs), and with momentum 0 the second call's
-    # moments would overwrite the first's; the depth decoder's statistics would then be
-    # those of segmentation latents alone (measured: R->D delta1 50 -> 19 over stage 3).
-    # The paired routes (translations, autoencoders) call every network once and give the
+    # Without side consistency: its routes run a decoder a second time in training mode,
+    # and with momentum 0 that call's moments would overwrite the paired routes'. (Before
+    # the pseudo-pair outputs were decoded with the moving statistics, their call did
+    # that too: the depth decoder's statistics became those of segmentation latents
+    # alone, R->D delta1 50 -> 19 over stage 3.) Without pseudo-pairs: their call reads
+    # the statistics and adds nothing to them, so running it would only cost time. The
+    # paired routes (translations, autoencoders) call every network once and give the
     # statistics of the seen translations' inputs, to which the aligned zero-pair inputs
     # are close.
     spec = self.stage_spec.replace(latent_noise=False, pseudo_pairs=False,
