@@ -51,6 +51,33 @@ def _tied_windows(x):
   return tied.mean(), tied.sum() / max(1, (peak > 0).sum())
 
 
+def _label_targets_and_sources(model):
+  """(label modalities, non-anchor sources), or None when the decoders take no side
+  information (then there is nothing to swap)."""
+  targets = [n for n in model.modality_names if model.modalities[n].is_categorical]
+  sources = [n for n in model.modality_names if n != model.anchor and n not in targets]
+  if not targets or model.decoders[targets[0]].side_information not in ("switches", "skip"):
+    return None
+  return targets, sources
+
+
+def _segmentation_metric(model, target, metrics):
+  modality = model.modalities[target]
+  return metrics.SegmentationMetric(modality.channels, class_names=modality.class_names)
+
+
+def _print_miou(title, scores, describe):
+  """Prints one line per scored key: `describe(key)`, mIoU and per-class IoU."""
+  print(f"\n== {title}")
+  for key, metric in scores.items():
+    if not metric.confusion.any():
+      continue  # A test split without this modality (e.g. no NIR).
+    result = metric.result()
+    print(f"{describe(key)}: {100 * result['miou']:.1f} (" + ", ".join(
+        f"{n} {100 * v:.0f}" for n, v in result["per_class_iou"].items() if v is not None)
+          + ")")
+
+
 def _swapped_side_information(model, config, training, metrics):
   """mIoU into each label modality with the latent of one encoder and the side information
   (switches or skips) of another, over the whole test split.
@@ -60,37 +87,28 @@ def _swapped_side_information(model, config, training, metrics):
   latent with the RGB switches of the same scene (which a zero-pair user does not have)
   separates what the latent loses from what the switches do.
   """
+  found = _label_targets_and_sources(model)
+  if found is None:
+    return
+  targets, sources = found
   anchor = model.anchor
-  targets = [n for n in model.modality_names if model.modalities[n].is_categorical]
-  sources = [n for n in model.modality_names if n != anchor and n not in targets]
   combos = [(t, lat, side) for t in targets for s in sources
             for lat, side in ((s, s), (s, anchor), (anchor, s), (anchor, anchor))]
-  combos = list(dict.fromkeys(combos))
-  if not combos or model.decoders[targets[0]].side_information not in ("switches", "skip"):
-    return
-  scores = {c: metrics.SegmentationMetric(model.modalities[c[0]].channels,
-                                          class_names=model.modalities[c[0]].class_names)
-            for c in combos}
+  scores = {c: _segmentation_metric(model, c[0], metrics) for c in dict.fromkeys(combos)}
   for batch in training.test_dataset(config):
     encoded = {}
-    for target, latent_of, side_of in combos:
+    for target, latent_of, side_of in scores:
       if any(n not in batch for n in (target, latent_of, side_of)):
-        continue  # A test split without this modality (e.g. no NIR).
+        continue
       for name in (latent_of, side_of):
         if name not in encoded:
           encoded[name] = model.encode(name, batch[name], training=False)
       logits = model.decode(target, encoded[latent_of][0], encoded[side_of][1])
       scores[target, latent_of, side_of].update(
           batch[target], model.modalities[target].to_labels(logits))
-  print("\n== latent of one encoder, side information of another (test split, mIoU %)")
-  for (target, latent_of, side_of), metric in scores.items():
-    if not metric.confusion.any():
-      continue
-    result = metric.result()
-    print(f"{target} from the {latent_of} latent with {side_of} side information: "
-          f"{100 * result['miou']:.1f} (" + ", ".join(
-              f"{n} {100 * v:.0f}" for n, v in result["per_class_iou"].items()
-              if v is not None) + ")")
+  _print_miou("latent of one encoder, side information of another (test split, mIoU %)",
+              scores, lambda key: f"{key[0]} from the {key[1]} latent with {key[2]} side "
+                                  "information")
 
 
 def _side_information_per_level(model, config, training, metrics):
@@ -100,26 +118,26 @@ def _side_information_per_level(model, config, training, metrics):
   Tells at which pooling level (1 = finest) the source's switches differ from what the
   decoder learned to read.
   """
-  anchor = model.anchor
-  targets = [n for n in model.modality_names if model.modalities[n].is_categorical]
-  sources = [n for n in model.modality_names if n != anchor and n not in targets]
-  if not targets or model.decoders[targets[0]].side_information not in ("switches", "skip"):
+  found = _label_targets_and_sources(model)
+  if found is None:
     return
-  levels = model.num_pools
+  targets, sources = found
+  anchor, levels = model.anchor, model.num_pools
   variants = {"own": ()}
   variants.update({f"{anchor}'s at level {i + 1} only": (i,) for i in range(levels)})
   variants.update({f"{anchor}'s except at level {i + 1}":
                    tuple(j for j in range(levels) if j != i) for i in range(levels)})
   variants[f"{anchor}'s at every level"] = tuple(range(levels))
-  scores = {(t, s, v): metrics.SegmentationMetric(
-      model.modalities[t].channels, class_names=model.modalities[t].class_names)
+  scores = {(t, s, v): _segmentation_metric(model, t, metrics)
             for t in targets for s in sources for v in variants}
   for batch in training.test_dataset(config):
+    if anchor not in batch:
+      continue
+    anchor_side = model.encode(anchor, batch[anchor], training=False)[1]
     for source in sources:
-      if source not in batch or anchor not in batch:
+      if source not in batch:
         continue
       latent, side = model.encode(source, batch[source], training=False)
-      anchor_side = model.encode(anchor, batch[anchor], training=False)[1]
       for target in targets:
         if target not in batch:
           continue
@@ -128,15 +146,9 @@ def _side_information_per_level(model, config, training, metrics):
           scores[target, source, name].update(
               batch[target], model.modalities[target].to_labels(
                   model.decode(target, latent, mixed)))
-  print(f"\n== a source's latent with its own side information, or {anchor}'s at some "
-        "pooling levels (1 = finest; test split, mIoU %)")
-  for (target, source, name), metric in scores.items():
-    if not metric.confusion.any():
-      continue
-    result = metric.result()
-    print(f"{source}->{target}, {name}: {100 * result['miou']:.1f} (" + ", ".join(
-        f"{n} {100 * v:.0f}" for n, v in result["per_class_iou"].items() if v is not None)
-          + ")")
+  _print_miou(f"a source's latent with its own side information, or {anchor}'s at some "
+              "pooling levels (1 = finest; test split, mIoU %)",
+              scores, lambda key: f"{key[1]}->{key[0]}, {key[2]}")
 
 
 def main(argv):

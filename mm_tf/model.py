@@ -493,9 +493,12 @@ class MixAndMatchNetworks(keras.Model):
                                        dtype=tf.float32)
     return latent + tf.cast(noise, latent.dtype)
 
-  def _decode_for_training(self, modality, latent, side):
+  def _decode_for_training(self, modality, latent, side, moving_statistics=False):
+    """Decodes in training mode, or in inference mode when the decoder is frozen or
+    `moving_statistics` asks for batch norm with the moving statistics (not updated)."""
     decoder = self.decoders[modality]
-    return decoder(latent, side, training=not self._is_frozen(decoder))
+    return decoder(latent, side,
+                   training=not (moving_statistics or self._is_frozen(decoder)))
 
   def compute_loss_terms(self, batch, spec: Optional[mm_stages.StageSpec] = None):
     """Per-example losses of every term the stage trains, and the generated images.
@@ -628,15 +631,14 @@ class MixAndMatchNetworks(keras.Model):
       latent = tf.concat([latent for latent, _ in inputs], axis=0)
       side = tuple(tf.concat(level, axis=0) for level in zip(*[s for _, s in inputs]))
     decoder = self.decoders[target]
-    training = not (moving_statistics or self._is_frozen(decoder))
     if trainable or self._is_frozen(decoder):
-      output = decoder(latent, side, training=training)
+      output = self._decode_for_training(target, latent, side, moving_statistics)
     else:
       # Constant copies of the weights; any updated moving statistics are dropped.
       output, _ = decoder.stateless_call(
           [tf.stop_gradient(v.value) for v in decoder.trainable_variables],
           [v.value for v in decoder.non_trainable_variables], latent, side,
-          training=training)
+          training=not moving_statistics)
     return [output] if len(inputs) == 1 else _split_batch(output, sizes)
 
   def recalibrate_batch_norm(self, batches):
