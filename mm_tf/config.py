@@ -32,7 +32,7 @@ CLASS_BALANCING = ("none", "median_frequency")
 # Everything else (steps, logging, evaluation, export, lambdas, learning rates, precision,
 # batch size) may change between runs of the same model_dir.
 INCOMPATIBLE_FIELDS = ("dataset", "image_size", "width", "side_information", "num_pools",
-                       "unpool_implementation", "oracle", "rgb_encoder_vgg16_h5",
+                       "side_information_levels", "unpool_implementation", "oracle", "rgb_encoder_vgg16_h5",
                        "synthetic_num_train", "synthetic_num_test", "seed", "noise_std")
 
 
@@ -58,6 +58,7 @@ class ExperimentConfig:
   width: float = 0.125
   side_information: str = "switches"
   num_pools: int = 5
+  side_information_levels: int = -1
   noise_std: float = 0.5
   unpool_implementation: str = "fused"
   rgb_encoder_vgg16_h5: str = ""
@@ -119,6 +120,10 @@ class ExperimentConfig:
     if not 1 <= self.num_pools <= 5:
       raise errors.ConfigError(f"--num_pools must be between 1 and 5 (the paper's VGG16 encoder "
                                f"has 5 pooling levels), got {self.num_pools}.")
+    if not -1 <= self.side_information_levels <= self.num_pools:
+      raise errors.ConfigError(f"--side_information_levels must be -1 (every level, the paper) "
+                               f"or between 0 and --num_pools={self.num_pools}, got "
+                               f"{self.side_information_levels}.")
     if self.image_size % 2**self.num_pools:
       raise errors.ConfigError(f"--image_size must be a multiple of {2**self.num_pools} "
                                f"({self.num_pools} 2x2 poolings), got {self.image_size}.")
@@ -254,6 +259,13 @@ def define_flags():
                        "deepest VGG16 stages so small images keep a latent with spatial "
                        "detail (64x64 with 3 pools gives the paper's 8x8 latent); "
                        "--image_size must be a multiple of 2**num_pools.")
+  flags.DEFINE_integer("side_information_levels", d.side_information_levels, "How many of "
+                       "the finest pooling levels pass the source encoder's side information "
+                       "(--side_information) to the decoders; the deeper levels upsample as "
+                       "with 'none'. -1: every level (the paper). Not in the paper: at 64x64 "
+                       "the deeper levels' switches are where zero-pair translations lose "
+                       "(the segmentation decoder learned them from RGB), while the finest "
+                       "level's carry detail (docs/training.md).")
   flags.DEFINE_float("noise_std", d.noise_std, "Std of the Gaussian noise added to latents in "
                      "stages 2-3 (paper: 0.5).")
   flags.DEFINE_enum("unpool_implementation", d.unpool_implementation, ["fused", "scatter"],

@@ -132,8 +132,8 @@ def paper_rows(few_pairs=(0, 1, 5, 20), selections=("kmedoids", "random")) -> Li
           published={"D->S": _F["oracle D->S"], "N->S": _F["oracle N->S"]}),
       Row("side_none", "no side information", "side_information", "mmnets", "side_none", 2),
       Row("side_skip", "skip connections", "side_information", "mmnets", "side_skip", 2),
-      Row("side_switches", "pooling switches (= M&MNets)", "side_information", "mmnets",
-          "main", 2),
+      Row("side_switches", "pooling switches, every level", "side_information", "mmnets",
+          "side_switches", 2),
       Row("ladder_translations", "translations only", "ladder", "mmnets", "ladder_translations",
           2),
       Row("ladder_autoencoders", "+ autoencoders", "ladder", "mmnets", "ladder_autoencoders", 2),
@@ -235,8 +235,10 @@ class MMNetsVariant:
   """How one M&MNets training differs from the main run.
 
   Args:
-    architecture: Key of the stage-1 model it starts from ("main" = switches).
+    architecture: Key of the stage-1 model it starts from ("main" = the config's).
     side_information: Decoder side information.
+    side_information_levels: Finest levels that use it (-1: all, the paper's ablation
+      rows); None: the config's `--side_information_levels`.
     rgb_decoder_switches: The RGB decoder consumes switches too.
     stage2: `StageSpec` fields overridden in stage 2 (the ladder).
     few_pairs / selection: Few-pair training from stage 2.
@@ -244,6 +246,7 @@ class MMNetsVariant:
 
   architecture: str = "main"
   side_information: str = "switches"
+  side_information_levels: Optional[int] = None
   rgb_decoder_switches: bool = False
   stage2: Mapping[str, object] = dataclasses.field(default_factory=dict)
   few_pairs: int = 0
@@ -253,9 +256,10 @@ class MMNetsVariant:
 def variant(name: str) -> MMNetsVariant:
   if name == "main":
     return MMNetsVariant()
-  if name in ("side_none", "side_skip"):
+  if name in ("side_none", "side_skip", "side_switches"):
+    # The paper's Table 2 variants: side information at every level.
     side = name.split("_")[1]
-    return MMNetsVariant(architecture=name, side_information=side)
+    return MMNetsVariant(architecture=name, side_information=side, side_information_levels=-1)
   if name == "rgb_switches":
     return MMNetsVariant(architecture=name, rgb_decoder_switches=True)
   if name == "ladder_translations":
@@ -314,11 +318,13 @@ class Runner:
     if spec.rgb_decoder_switches:
       modalities = [m.replace(decoder_uses_switches=True) if m.name == "rgb" else m
                     for m in modalities]
+    levels = (self.config.side_information_levels if spec.side_information_levels is None
+              else spec.side_information_levels)
     kwargs = dict(width=self.config.width, side_information=spec.side_information,
                   noise_std=self.config.noise_std, stages=self.config.stages(),
                   image_size=self.config.image_size,
                   unpool_implementation=self.config.unpool_implementation,
-                  num_pools=self.config.num_pools)
+                  num_pools=self.config.num_pools, side_information_levels=levels)
     if spec.few_pairs:
       return mm_few_pairs.FewPairMixAndMatch(modalities, self.data.streams, **kwargs)
     return mm_model.MixAndMatchNetworks(modalities, self.data.streams, **kwargs)
@@ -373,6 +379,9 @@ class Runner:
 
   def mmnets_model(self, variant_name: str, stage: int):
     """The M&MNets `variant_name` after `stage`, trained (and cached) if needed."""
+    if variant_name == "side_switches" and self.config.side_information_levels in (
+        -1, self.config.num_pools):
+      variant_name = "main"  # The main run has the paper's switches: train them once.
     key = (variant_name, stage)
     if key in self._models:
       return self._models[key]
@@ -447,7 +456,8 @@ class Runner:
         modalities, streams, anchor="segmentation", width=config.width,
         side_information=config.side_information, noise_std=config.noise_std,
         stages=config.stages(), image_size=config.image_size,
-        unpool_implementation=config.unpool_implementation, num_pools=config.num_pools)
+        unpool_implementation=config.unpool_implementation, num_pools=config.num_pools,
+        side_information_levels=config.side_information_levels)
     path = self.weights_path("oracle", 1)
     if os.path.exists(path):
       model.load_weights(path)

@@ -366,6 +366,9 @@ def build_manifest(model, wire_format, version, include_multimodal=True):
       "streams": [list(s) for s in model.streams],
       "seen_translations": [translation_signature_name(s, t) for s, t in model.seen_translations],
       "side_information": model.side_information,
+      # Decoders read the side information of this many of the finest levels; clients
+      # still send every level (the signatures do not change), the deeper are ignored.
+      "side_information_levels": model.side_information_levels,
       "latent": {"name": LATENT_KEY, "channels": wire_format.latent_channels,
                  "dtype": "float32", "downsampling": model.size_multiple},
       "side": side,

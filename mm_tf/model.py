@@ -67,6 +67,8 @@ class MixAndMatchNetworks(keras.Model):
       VGG16-initialised RGB encoder has no BN.
     num_pools: Argmax-pooling levels of every encoder/decoder (paper: 5). CPU-scale
       configs use fewer so a small image keeps a latent of useful resolution.
+    side_information_levels: How many of the finest pooling levels pass side information
+      to the decoders; the deeper ones upsample. None or -1: every level (the paper).
 
   Example:
     >>> model = MixAndMatchNetworks(
@@ -79,7 +81,7 @@ class MixAndMatchNetworks(keras.Model):
   def __init__(self, modalities, streams, anchor=mm_modalities.ANCHOR, width=1.0,
                side_information="switches", noise_std=0.5, stages=None, image_size=None,
                unpool_implementation="fused", encoder_batch_norm=None,
-               num_pools=networks.NUM_POOLS, **kwargs):
+               num_pools=networks.NUM_POOLS, side_information_levels=None, **kwargs):
     kwargs.setdefault("name", "mix_and_match_networks")
     super().__init__(**kwargs)
     self.modalities = {}
@@ -98,6 +100,8 @@ class MixAndMatchNetworks(keras.Model):
     self.unpool_implementation = unpool_implementation
     self.encoder_batch_norm = dict(encoder_batch_norm or {})
     self.num_pools = networks.check_num_pools(num_pools)
+    self.side_information_levels = networks.check_side_information_levels(
+        side_information_levels, self.num_pools)
     stages = stages or mm_stages.paper_stages()
     self.stage_specs = {int(n): (s if isinstance(s, mm_stages.StageSpec)
                                  else mm_stages.StageSpec.from_config(s))
@@ -119,7 +123,7 @@ class MixAndMatchNetworks(keras.Model):
           name=f"{name}_encoder")
       self.decoders[name] = networks.build_decoder(
           modality, width, side_information, unpool_implementation, num_pools=self.num_pools,
-          name=f"{name}_decoder")
+          side_information_levels=self.side_information_levels, name=f"{name}_decoder")
     self.discriminator = networks.PatchDiscriminator(width, name="discriminator")
     self._stage = 1
     self._term_trackers = {}
@@ -789,6 +793,7 @@ class MixAndMatchNetworks(keras.Model):
         "unpool_implementation": self.unpool_implementation,
         "encoder_batch_norm": self.encoder_batch_norm,
         "num_pools": self.num_pools,
+        "side_information_levels": self.side_information_levels,
     }
 
   @classmethod

@@ -14,6 +14,9 @@ decoder stages, so the latent keeps more spatial resolution (the paper's 256x256
 an 8x8 latent; 64x64 with five pools gives 2x2, with three pools the paper's 8x8). Inputs
 must be a multiple of 2**num_pools in height and width.
 
+`side_information_levels` lets the decoders use the side information of the finest levels
+only and upsample at the deeper ones (the paper: every level; see `SegNetDecoder`).
+
 Which decoder a modality gets is read from its description
 (`Modality.decoder_uses_switches`), never from its name.
 """
@@ -47,6 +50,17 @@ def check_side_information(side_information):
     raise ValueError(f"side_information must be one of {SIDE_INFORMATION}, "
                      f"got {side_information!r}.")
   return side_information
+
+
+def check_side_information_levels(side_information_levels, num_pools):
+  """`side_information_levels` as a level count: None or -1 mean every level."""
+  if side_information_levels is None or int(side_information_levels) == -1:
+    return num_pools
+  levels = int(side_information_levels)
+  if not 0 <= levels <= num_pools:
+    raise ValueError(f"side_information_levels must be -1 (every level) or between 0 and "
+                     f"num_pools={num_pools}, got {side_information_levels}.")
+  return levels
 
 
 def check_num_pools(num_pools):
@@ -176,14 +190,20 @@ class SegNetDecoder(keras.Model):
     unpool_implementation: "fused" (default) or "scatter".
     num_pools: Unpooling levels; must match the source encoder's (paper: 5). Fewer drop
       the first (deepest) stages of Table 10.
+    side_information_levels: How many of the finest levels use the side information;
+      the deeper ones 2x-upsample as with "none". None or -1: every level (the paper).
+      Not in the paper: at 64x64 zero-pair translations lose on the deeper levels'
+      switches, which the decoder learned from other encoders (docs/training.md).
 
-  Call: `decoder(latent, side, training)`; `side` is the encoder's side tuple. Returns
+  Call: `decoder(latent, side, training)`; `side` is the encoder's side tuple (all
+  `num_pools` levels; the unused deeper ones are ignored). Returns
   [B, h * 2**num_pools, w * 2**num_pools, channels] float32: logits for softmax
   modalities, else activated.
   """
 
   def __init__(self, modality, width=1.0, side_information="switches",
-               unpool_implementation="fused", num_pools=NUM_POOLS, **kwargs):
+               unpool_implementation="fused", num_pools=NUM_POOLS,
+               side_information_levels=None, **kwargs):
     self.modality = _modality(modality)
     kwargs.setdefault("name", f"{self.modality.name}_decoder")
     super().__init__(**kwargs)
@@ -191,6 +211,8 @@ class SegNetDecoder(keras.Model):
     self.side_information = check_side_information(side_information)
     self.unpool_implementation = unpool_implementation
     self.num_pools = check_num_pools(num_pools)
+    self.side_information_levels = check_side_information_levels(side_information_levels,
+                                                                 self.num_pools)
     levels = range(self.num_pools, 0, -1)
     self.unpools = [mm_layers.MaxUnpooling2D(unpool_implementation, name=f"unpool{i}")
                     for i in levels]
@@ -209,7 +231,7 @@ class SegNetDecoder(keras.Model):
     for index, blocks in enumerate(self.stages):
       shape = (shape[0], None if shape[1] is None else shape[1] * 2,
                None if shape[2] is None else shape[2] * 2, shape[3])
-      if self.side_information == "skip":
+      if self._uses_side("skip", self.num_pools - 1 - index):
         skip_channels = scaled(ENCODER_FILTERS[self.num_pools - 1 - index][-1], self.width)
         shape = shape[:3] + (shape[3] + skip_channels,)
       for block in blocks:
@@ -226,11 +248,11 @@ class SegNetDecoder(keras.Model):
     x = latent
     for index, blocks in enumerate(self.stages):
       level = self.num_pools - 1 - index  # Deepest side tensor first.
-      if self.side_information == "switches":
+      if self._uses_side("switches", level):
         x = self.unpools[index](x, side[level])
       else:
         x = self.upsamples[index](x)
-        if self.side_information == "skip":
+        if self._uses_side("skip", level):
           x = tf.concat([x, tf.cast(side[level], x.dtype)], axis=-1)
       for block in blocks:
         x = block(x, training=training)
@@ -239,11 +261,16 @@ class SegNetDecoder(keras.Model):
       x = tf.tanh(x)
     return x
 
+  def _uses_side(self, kind, level):
+    """Whether pooling level `level` (0 = finest) is decoded with side information `kind`."""
+    return self.side_information == kind and level < self.side_information_levels
+
   def get_config(self):
     config = super().get_config()
     config.update(modality=self.modality.to_config(), width=self.width,
                   side_information=self.side_information,
-                  unpool_implementation=self.unpool_implementation, num_pools=self.num_pools)
+                  unpool_implementation=self.unpool_implementation, num_pools=self.num_pools,
+                  side_information_levels=self.side_information_levels)
     return config
 
   @classmethod
@@ -304,16 +331,19 @@ class UpsamplingDecoder(keras.Model):
 
 
 def build_decoder(modality, width=1.0, side_information="switches",
-                  unpool_implementation="fused", num_pools=NUM_POOLS, **kwargs):
+                  unpool_implementation="fused", num_pools=NUM_POOLS,
+                  side_information_levels=None, **kwargs):
   """The decoder a modality's description asks for.
 
   `Modality.decoder_uses_switches` chooses the SegNet decoder (driven by the source's
-  side information) or the side-information-free upsampling decoder.
+  side information at its finest `side_information_levels` levels) or the
+  side-information-free upsampling decoder.
   """
   modality = _modality(modality)
   if modality.decoder_uses_switches:
     return SegNetDecoder(modality, width, side_information, unpool_implementation,
-                         num_pools=num_pools, **kwargs)
+                         num_pools=num_pools, side_information_levels=side_information_levels,
+                         **kwargs)
   return UpsamplingDecoder(modality, width, num_pools=num_pools, **kwargs)
 
 

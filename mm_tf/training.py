@@ -283,7 +283,8 @@ def build_model(config) -> mm_model.MixAndMatchNetworks:
       side_information=config.side_information, noise_std=config.noise_std,
       stages=config.stages(), image_size=config.image_size,
       unpool_implementation=config.unpool_implementation,
-      encoder_batch_norm=encoder_batch_norm, num_pools=config.num_pools)
+      encoder_batch_norm=encoder_batch_norm, num_pools=config.num_pools,
+      side_information_levels=config.side_information_levels)
   return model
 
 

@@ -107,6 +107,21 @@ def test_suites_and_orderings():
     experiments.suite_rows("everything")
 
 
+def test_side_information_rows_are_the_papers_at_every_level(tmp_path):
+  # With the paper's switches at every level the side_switches row is the main run ...
+  every_level = runner(tmp_path / "every")
+  assert every_level.mmnets_model("side_switches", 1) is every_level.mmnets_model("main", 1)
+  # ... with fewer levels (the synthetic main job) it is its own model, and the Table 2
+  # rows keep every level while the M&MNets rows follow the config.
+  finest = experiments.Runner(CONFIG.replace(num_pools=3, side_information_levels=1),
+                              str(tmp_path / "finest"), data=TinyData(), baseline_steps=1,
+                              suite="smoke", run_eagerly=True)
+  assert finest.build_mmnets(experiments.variant("main")).side_information_levels == 1
+  for name in ("side_switches", "side_skip"):
+    assert finest.build_mmnets(experiments.variant(name)).side_information_levels == 3
+  assert finest.mmnets_model("side_switches", 1) is not finest.mmnets_model("main", 1)
+
+
 def test_rows_recalibrate_batch_norm_like_the_main_job(tmp_path, monkeypatch):
   """Every M&MNets stage and the oracle end with precise batch-norm statistics, as in
   `mm_tf.training.train_stage`; the suite would otherwise score weaker models."""

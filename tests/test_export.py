@@ -308,22 +308,22 @@ class ExportTest(tf.test.TestCase):
       self.assertIn(names[kept], left, kept)
 
 
-if __name__ == "__main__":
-  tf.test.main()
-
 
 class FewerPoolingLevelsExportTest(tf.test.TestCase):
-  """The main job's models have 3 pooling levels: their export composes like the paper's."""
+  """The main job's models (3 pooling levels, switches at the finest only) export and
+  compose like the paper's."""
 
   def test_three_pool_export_composes_and_checks_its_size_multiple(self):
     from mm_tf.model import MixAndMatchNetworks  # pylint: disable=g-import-not-at-top
     model = MixAndMatchNetworks(serving_fixture.MODALITIES, serving_fixture.STREAMS,
-                                width=0.0625, image_size=32, num_pools=3)
+                                width=0.0625, image_size=32, num_pools=3,
+                                side_information_levels=1)
     export_dir = os.path.join(self.get_temp_dir(), "export")
     export.export_model(model, export_dir, include_mmnet=False)
     with open(os.path.join(export_dir, "manifest.json")) as f:
       manifest = json.load(f)
     self.assertEqual(manifest["size_multiple"], 8)
+    self.assertEqual(manifest["side_information_levels"], 1)
     self.assertEqual([s["name"] for s in manifest["side"]], ["switches_1", "switches_2",
                                                               "switches_3"])
     encoder = tf.saved_model.load(os.path.join(export_dir, "depth_encoder", "1"))
@@ -337,3 +337,7 @@ class FewerPoolingLevelsExportTest(tf.test.TestCase):
     self.assertAllClose(composed, expected, atol=1e-5, rtol=0)
     with self.assertRaisesRegex(tf.errors.InvalidArgumentError, "multiples of 8"):
       encoder.signatures["serving_default"](image=tf.zeros([1, 36, 36, 1]))
+
+
+if __name__ == "__main__":
+  tf.test.main()

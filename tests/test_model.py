@@ -456,9 +456,6 @@ class DistributionTest(tf.test.TestCase):
         self.assertAllClose(float(single), float(distributed), rtol=1e-3, msg=name)
 
 
-if __name__ == "__main__":
-  tf.test.main()
-
 
 class PoolingLevelsTest(tf.test.TestCase, parameterized.TestCase):
 
@@ -492,6 +489,53 @@ class PoolingLevelsTest(tf.test.TestCase, parameterized.TestCase):
       copy = type(network).from_config(network.get_config())
       self.assertEqual(copy.get_config(), network.get_config())
       self.assertEqual(copy.num_pools, 4)
+
+
+class SideInformationLevelsTest(tf.test.TestCase, parameterized.TestCase):
+
+  def _decoder_and_side(self, side_information, levels, num_pools=3):
+    model = make_model(num_pools=num_pools, side_information=side_information,
+                       side_information_levels=levels)
+    depth = tf.random.uniform([2, SIZE, SIZE, 1], seed=1)
+    rgb = tf.random.uniform([2, SIZE, SIZE, 3], -1, 1, seed=2)
+    latent, side = model.encode("depth", depth)
+    _, other_side = model.encode("rgb", rgb)
+    return model.decoders["segmentation"], latent, side, other_side
+
+  @parameterized.parameters("switches", "skip")
+  def test_only_the_finest_levels_read_side_information(self, side_information):
+    decoder, latent, side, other = self._decoder_and_side(side_information, 1)
+    output = decoder(latent, side)
+    # Another encoder's side information at the two deeper levels changes nothing ...
+    self.assertAllEqual(decoder(latent, (side[0], other[1], other[2])), output)
+    # ... at the finest level it does.
+    self.assertGreater(float(tf.reduce_max(tf.abs(
+        decoder(latent, (other[0], side[1], side[2])) - output))), 1e-4)
+
+  def test_every_level_is_the_default_and_zero_levels_read_none(self):
+    decoder, latent, side, other = self._decoder_and_side("switches", -1)
+    self.assertEqual(decoder.side_information_levels, 3)
+    self.assertGreater(float(tf.reduce_max(tf.abs(
+        decoder(latent, (side[0], side[1], other[2])) - decoder(latent, side)))), 1e-4)
+    decoder, latent, side, other = self._decoder_and_side("switches", 0)
+    self.assertAllEqual(decoder(latent, other), decoder(latent, side))
+
+  def test_skip_connections_at_fewer_levels_have_fewer_inputs(self):
+    every, *_ = self._decoder_and_side("skip", -1)
+    finest, *_ = self._decoder_and_side("skip", 1)
+    self.assertLess(finest.count_params(), every.count_params())
+
+  def test_config_round_trip_and_bad_values(self):
+    model = make_model(num_pools=3, side_information_levels=1)
+    clone = mm_model.MixAndMatchNetworks.from_config(model.get_config())
+    self.assertEqual(clone.side_information_levels, 1)
+    decoder = model.decoders["segmentation"]
+    copy = type(decoder).from_config(decoder.get_config())
+    self.assertEqual(copy.side_information_levels, 1)
+    self.assertEqual(copy.get_config(), decoder.get_config())
+    for bad in (4, -2):
+      with self.assertRaisesRegex(ValueError, "side_information_levels must be -1"):
+        make_model(num_pools=3, side_information_levels=bad)
 
 
 class BatchNormRecalibrationTest(tf.test.TestCase):
@@ -556,3 +600,7 @@ class BatchNormRecalibrationTest(tf.test.TestCase):
     self.assertTrue(moved(trained, model.decoders["segmentation"]))
     self.assertEqual([layer.momentum for layer in model.decoders["segmentation"]._flatten_layers()
                       if isinstance(layer, keras.layers.BatchNormalization)][:1], [0.99])
+
+
+if __name__ == "__main__":
+  tf.test.main()
