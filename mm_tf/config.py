@@ -32,8 +32,9 @@ CLASS_BALANCING = ("none", "median_frequency")
 # Everything else (steps, logging, evaluation, export, lambdas, learning rates, precision,
 # batch size) may change between runs of the same model_dir.
 INCOMPATIBLE_FIELDS = ("dataset", "image_size", "width", "side_information", "num_pools",
-                       "side_information_levels", "unpool_implementation", "oracle", "rgb_encoder_vgg16_h5",
-                       "synthetic_num_train", "synthetic_num_test", "seed", "noise_std")
+                       "side_information_levels", "unpool_implementation", "oracle",
+                       "rgb_encoder_vgg16_h5", "synthetic_num_train", "synthetic_num_test",
+                       "seed", "noise_std")
 
 
 # The targets the oracle is trained and judged on (x -> segmentation): its stage trains
