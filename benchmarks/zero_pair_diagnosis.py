@@ -56,7 +56,9 @@ def _label_targets_and_sources(model):
   information (then there is nothing to swap)."""
   targets = [n for n in model.modality_names if model.modalities[n].is_categorical]
   sources = [n for n in model.modality_names if n != model.anchor and n not in targets]
-  if not targets or model.decoders[targets[0]].side_information not in ("switches", "skip"):
+  decoder = model.decoders[targets[0]] if targets else None
+  if (decoder is None or decoder.side_information not in ("switches", "skip")
+      or not decoder.side_information_levels):
     return None
   return targets, sources
 
@@ -122,12 +124,18 @@ def _side_information_per_level(model, config, training, metrics):
   if found is None:
     return
   targets, sources = found
-  anchor, levels = model.anchor, model.num_pools
-  variants = {"own": ()}
-  variants.update({f"{anchor}'s at level {i + 1} only": (i,) for i in range(levels)})
-  variants.update({f"{anchor}'s except at level {i + 1}":
-                   tuple(j for j in range(levels) if j != i) for i in range(levels)})
-  variants[f"{anchor}'s at every level"] = tuple(range(levels))
+  # Only the levels the decoders read (`side_information_levels`): swapping the others
+  # changes nothing. Variants that pick the same levels are scored once.
+  anchor, levels = model.anchor, model.decoders[targets[0]].side_information_levels
+  named = [("own", ())]
+  named += [(f"{anchor}'s at level {i + 1} only", (i,)) for i in range(levels)]
+  named += [(f"{anchor}'s except at level {i + 1}",
+             tuple(j for j in range(levels) if j != i)) for i in range(levels)]
+  named.append((f"{anchor}'s at every level", tuple(range(levels))))
+  variants = {}
+  for name, picked in named:
+    if picked not in variants.values():
+      variants[name] = picked
   scores = {(t, s, v): _segmentation_metric(model, t, metrics)
             for t in targets for s in sources for v in variants}
   for batch in training.test_dataset(config):
@@ -142,7 +150,7 @@ def _side_information_per_level(model, config, training, metrics):
         if target not in batch:
           continue
         for name, swapped in variants.items():
-          mixed = tuple(anchor_side[i] if i in swapped else side[i] for i in range(levels))
+          mixed = tuple(anchor_side[i] if i in swapped else side[i] for i in range(len(side)))
           scores[target, source, name].update(
               batch[target], model.modalities[target].to_labels(
                   model.decode(target, latent, mixed)))

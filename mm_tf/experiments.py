@@ -44,6 +44,7 @@ import tensorflow as tf
 from mm_tf import config as mm_config
 from mm_tf import evaluation
 from mm_tf import model as mm_model
+from mm_tf import networks
 from mm_tf import training
 from mm_tf.baselines import cascade as mm_cascade
 from mm_tf.baselines import cyclegan as mm_cyclegan
@@ -379,8 +380,8 @@ class Runner:
 
   def mmnets_model(self, variant_name: str, stage: int):
     """The M&MNets `variant_name` after `stage`, trained (and cached) if needed."""
-    if variant_name == "side_switches" and self.config.side_information_levels in (
-        -1, self.config.num_pools):
+    if variant_name == "side_switches" and networks.check_side_information_levels(
+        self.config.side_information_levels, self.config.num_pools) == self.config.num_pools:
       variant_name = "main"  # The main run has the paper's switches: train them once.
     key = (variant_name, stage)
     if key in self._models:
