@@ -34,7 +34,7 @@ CLASS_BALANCING = ("none", "median_frequency")
 INCOMPATIBLE_FIELDS = ("dataset", "image_size", "width", "side_information", "num_pools",
                        "side_information_levels", "unpool_implementation", "oracle",
                        "rgb_encoder_vgg16_h5", "synthetic_num_train", "synthetic_num_test",
-                       "seed", "noise_std")
+                       "seed", "noise_std", "latent_calibration_batches")
 
 
 # The targets the oracle is trained and judged on (x -> segmentation): its stage trains
@@ -86,6 +86,7 @@ class ExperimentConfig:
   oracle_steps: int = -1
   with_oracle: bool = False
   batch_norm_recalibration_batches: int = 4
+  latent_calibration_batches: int = 0
   class_balancing: str = "none"
   # Runtime.
   model_dir: str = "runs/synthetic_forest"
@@ -125,6 +126,9 @@ class ExperimentConfig:
       raise errors.ConfigError(f"--side_information_levels must be -1 (every level, the paper) "
                                f"or between 0 and --num_pools={self.num_pools}, got "
                                f"{self.side_information_levels}.")
+    if self.latent_calibration_batches < 0:
+      raise errors.ConfigError(f"--latent_calibration_batches must be >= 0 (0: off), got "
+                               f"{self.latent_calibration_batches}.")
     if self.image_size % 2**self.num_pools:
       raise errors.ConfigError(f"--image_size must be a multiple of {2**self.num_pools} "
                                f"({self.num_pools} 2x2 poolings), got {self.image_size}.")
@@ -332,6 +336,16 @@ def define_flags():
                        "modules it trained to the mean moments of this many training batches "
                        "(precise BN; the frozen RGB encoder of stages 2-3 keeps stage 1's). "
                        "Keras' momentum-0.99 averages lag short stages. 0 turns it off.")
+  flags.DEFINE_integer("latent_calibration_batches", d.latent_calibration_batches,
+                       "At the end of every stage, map each non-anchor encoder's latent (in "
+                       "inference mode: evaluation, export, serving) onto the anchor's "
+                       "per-channel mean and std, measured on this many training batches. "
+                       "Latent consistency is an L2 regression onto the anchor's latent and "
+                       "leaves the aligned latents narrower (about 0.8x the anchor's spread on "
+                       "the synthetic forest), so zero-pair decoders see a distribution they "
+                       "were not trained on. Uses no cross-modal pairs; training is unchanged. "
+                       "Not in the paper; 0 turns it off (the paper, the default). "
+                       "docs/training.md, 'Latent calibration'.")
   flags.DEFINE_enum("class_balancing", d.class_balancing, list(CLASS_BALANCING),
                     "Class weights of the segmentation cross-entropy (and its pseudo-pair "
                     "term): none (the paper's plain loss) or median_frequency (SegNet's "

@@ -325,15 +325,18 @@ class Runner:
                   noise_std=self.config.noise_std, stages=self.config.stages(),
                   image_size=self.config.image_size,
                   unpool_implementation=self.config.unpool_implementation,
-                  num_pools=self.config.num_pools, side_information_levels=levels)
+                  num_pools=self.config.num_pools, side_information_levels=levels,
+                  latent_calibration=self.config.latent_calibration_batches > 0)
     if spec.few_pairs:
       return mm_few_pairs.FewPairMixAndMatch(modalities, self.data.streams, **kwargs)
     return mm_model.MixAndMatchNetworks(modalities, self.data.streams, **kwargs)
 
   def _recalibrate(self, model, stage, dataset):
-    """`mm_tf.training.recalibrate_batch_norm` on the runner's data."""
-    training.recalibrate_batch_norm(model, self.config, tf.distribute.get_strategy(), stage,
-                                    dataset)
+    """`mm_tf.training.recalibrate_batch_norm`, then `calibrate_latents` (a model built
+    with latent calibration), on the runner's data."""
+    strategy = tf.distribute.get_strategy()
+    training.recalibrate_batch_norm(model, self.config, strategy, stage, dataset)
+    training.calibrate_latents(model, self.config, strategy, stage, dataset)
 
   def _fit(self, model, dataset, steps, label, weights_path):
     """`steps` train steps through the shared loop, under the strategy in scope; resumable.

@@ -69,6 +69,9 @@ class MixAndMatchNetworks(keras.Model):
       configs use fewer so a small image keeps a latent of useful resolution.
     side_information_levels: How many of the finest pooling levels pass side information
       to the decoders; the deeper ones upsample. None or -1: every level (the paper).
+    latent_calibration: Give every non-anchor encoder an inference-mode map onto the
+      anchor's per-channel latent mean and std, set by `calibrate_latents` (not in the
+      paper; default off).
 
   Example:
     >>> model = MixAndMatchNetworks(
@@ -81,7 +84,8 @@ class MixAndMatchNetworks(keras.Model):
   def __init__(self, modalities, streams, anchor=mm_modalities.ANCHOR, width=1.0,
                side_information="switches", noise_std=0.5, stages=None, image_size=None,
                unpool_implementation="fused", encoder_batch_norm=None,
-               num_pools=networks.NUM_POOLS, side_information_levels=None, **kwargs):
+               num_pools=networks.NUM_POOLS, side_information_levels=None,
+               latent_calibration=False, **kwargs):
     kwargs.setdefault("name", "mix_and_match_networks")
     super().__init__(**kwargs)
     self.modalities = {}
@@ -102,6 +106,7 @@ class MixAndMatchNetworks(keras.Model):
     self.num_pools = networks.check_num_pools(num_pools)
     self.side_information_levels = networks.check_side_information_levels(
         side_information_levels, self.num_pools)
+    self.latent_calibration = bool(latent_calibration)
     stages = stages or mm_stages.paper_stages()
     self.stage_specs = {int(n): (s if isinstance(s, mm_stages.StageSpec)
                                  else mm_stages.StageSpec.from_config(s))
@@ -120,6 +125,7 @@ class MixAndMatchNetworks(keras.Model):
       self.encoders[name] = networks.SegNetEncoder(
           modality, width, side_information,
           batch_norm=self.encoder_batch_norm.get(name, True), num_pools=self.num_pools,
+          latent_calibration=self.latent_calibration and name != self.anchor,
           name=f"{name}_encoder")
       self.decoders[name] = networks.build_decoder(
           modality, width, side_information, unpool_implementation, num_pools=self.num_pools,
@@ -704,6 +710,72 @@ class MixAndMatchNetworks(keras.Model):
         layer.moving_variance.assign(variance / count)
     return count
 
+  def calibrate_latents(self, batches):
+    """Maps each non-anchor encoder's latent onto the anchor's per-channel mean and std.
+
+    Latent consistency is an L2 regression of every encoder's latent onto the anchor's,
+    and a regression shrinks towards the conditional mean: on the synthetic forest the
+    aligned depth and NIR latents have about 0.8x the anchor's per-channel spread. The
+    decoders learned the anchor's latents, so a zero-pair translation feeds them a
+    narrower distribution than they were trained on. This sets each calibrated encoder's
+    inference-mode map `latent * scale + shift` so that its latents have, per channel, the
+    mean and std of the anchor's (scale = std_anchor / std_source, shift = mean_anchor -
+    scale * mean_source; a channel constant in the source maps to the anchor's mean).
+    Only moments over each encoder's own training images are used, never a pair of the
+    source and a target: it adds no supervision. Training is unchanged (the map applies in
+    inference mode only). Not in the paper, which is silent on latent statistics; the gain
+    is measured in docs/training.md ("Latent calibration").
+
+    Args:
+      batches: An iterable of training batches (see `train_step`).
+
+    Returns:
+      The number of batches used (0 leaves the encoders as they were).
+    """
+    calibrated = [m for m, e in self.encoders.items() if e.latent_calibration]
+    if not calibrated:
+      return 0
+    previous = {}
+    for name in calibrated:  # Moments of the uncalibrated latents.
+      encoder = self.encoders[name]
+      previous[name] = (encoder.latent_scale.numpy(), encoder.latent_shift.numpy())
+      encoder.set_latent_calibration(tf.ones([encoder.latent_channels]),
+                                     tf.zeros([encoder.latent_channels]))
+    # Per-channel sum, sum of squares and count, in float64 (millions of values).
+    sums = {}
+    count = 0
+    for batch in batches:
+      for stream in self.streams:
+        data = self._stream_batch(batch, stream)
+        for name in stream:
+          if name != self.anchor and name not in calibrated:
+            continue
+          latent, _ = self.encode(name, data[name], training=False)
+          latent = tf.reshape(tf.cast(latent, tf.float64), [-1, latent.shape[-1]])
+          total = sums.setdefault(name, [0.0, 0.0, 0])
+          total[0] += tf.reduce_sum(latent, axis=0)
+          total[1] += tf.reduce_sum(tf.square(latent), axis=0)
+          total[2] += int(latent.shape[0])
+      count += 1
+    if not count or self.anchor not in sums:
+      for name, (scale, shift) in previous.items():
+        self.encoders[name].set_latent_calibration(scale, shift)
+      return 0
+
+    def moments(name):
+      total, squares, n = sums[name]
+      mean = total / n
+      return mean, tf.sqrt(tf.maximum(squares / n - tf.square(mean), 0.0))
+
+    anchor_mean, anchor_std = moments(self.anchor)
+    for name in calibrated:
+      if name not in sums:
+        continue  # No training images of this modality in the batches.
+      mean, std = moments(name)
+      scale = tf.where(std > 1e-6, anchor_std / tf.maximum(std, 1e-6), tf.zeros_like(std))
+      self.encoders[name].set_latent_calibration(scale, anchor_mean - scale * mean)
+    return count
+
   def _stream_batch(self, batch, stream):
     """The batch entry of `stream`; its key may list the modalities in any order."""
     for key, value in batch.items():
@@ -794,6 +866,7 @@ class MixAndMatchNetworks(keras.Model):
         "encoder_batch_norm": self.encoder_batch_norm,
         "num_pools": self.num_pools,
         "side_information_levels": self.side_information_levels,
+        "latent_calibration": self.latent_calibration,
     }
 
   @classmethod

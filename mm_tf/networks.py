@@ -102,6 +102,10 @@ class SegNetEncoder(keras.Model):
       feature maps (U-Net), "none" nothing.
     batch_norm: BN after every conv (the paper's VGG-initialised RGB encoder has none).
     num_pools: Pooling levels (paper: 5); fewer drop the deepest VGG16 stages.
+    latent_calibration: Create the per-channel `latent_scale` and `latent_shift` (identity
+      until `set_latent_calibration`) that map the latent, in inference mode only, to the
+      anchor encoder's per-channel mean and std (`MixAndMatchNetworks.calibrate_latents`).
+      Not in the paper; off for the anchor.
 
   Call returns `(latent, side)`: latent [B, H/2**num_pools, W/2**num_pools, C] (C = 512*width
   with 4-5 pools) and a tuple of `num_pools` side tensors ordered shallow -> deep (empty for
@@ -115,7 +119,7 @@ class SegNetEncoder(keras.Model):
   """
 
   def __init__(self, modality, width=1.0, side_information="switches", batch_norm=True,
-               num_pools=NUM_POOLS, **kwargs):
+               num_pools=NUM_POOLS, latent_calibration=False, **kwargs):
     self.modality = _modality(modality)
     kwargs.setdefault("name", f"{self.modality.name}_encoder")
     super().__init__(**kwargs)
@@ -123,6 +127,8 @@ class SegNetEncoder(keras.Model):
     self.side_information = check_side_information(side_information)
     self.batch_norm = bool(batch_norm)
     self.num_pools = check_num_pools(num_pools)
+    self.latent_calibration = bool(latent_calibration)
+    self.latent_scale = self.latent_shift = None
     self.stages = []
     for stage_index, stage_filters in enumerate(ENCODER_FILTERS[:self.num_pools], start=1):
       self.stages.append([
@@ -147,7 +153,20 @@ class SegNetEncoder(keras.Model):
         block.build(shape)
         shape = block.compute_output_shape(shape)
       shape = pool.compute_output_shape(shape)[0]
+    if self.latent_calibration:
+      # Variables (not trained), so checkpoints, saved models and exports carry them.
+      self.latent_scale = self.add_weight(shape=(self.latent_channels,), initializer="ones",
+                                          trainable=False, name="latent_scale")
+      self.latent_shift = self.add_weight(shape=(self.latent_channels,), initializer="zeros",
+                                          trainable=False, name="latent_shift")
     self.built = True
+
+  def set_latent_calibration(self, scale, shift):
+    """Sets the inference-mode latent map `latent * scale + shift` (per channel)."""
+    if not self.latent_calibration:
+      raise ValueError(f"{self.name} was built without latent_calibration.")
+    self.latent_scale.assign(tf.cast(scale, self.latent_scale.dtype))
+    self.latent_shift.assign(tf.cast(shift, self.latent_shift.dtype))
 
   def call(self, inputs, training=None):
     check_image_size(inputs.shape, self.name, self.num_pools)
@@ -164,13 +183,17 @@ class SegNetEncoder(keras.Model):
       x, switches = pool(x)
       if self.side_information == "switches":
         side.append(switches)
+    if self.latent_calibration and not training:
+      # Inference mode only, like batch norm's moving statistics: training (and its
+      # latent-consistency loss) sees the encoder's own latent.
+      x = (x * tf.cast(self.latent_scale, x.dtype)) + tf.cast(self.latent_shift, x.dtype)
     return x, tuple(side)
 
   def get_config(self):
     config = super().get_config()
     config.update(modality=self.modality.to_config(), width=self.width,
                   side_information=self.side_information, batch_norm=self.batch_norm,
-                  num_pools=self.num_pools)
+                  num_pools=self.num_pools, latent_calibration=self.latent_calibration)
     return config
 
   @classmethod

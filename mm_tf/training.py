@@ -284,7 +284,9 @@ def build_model(config) -> mm_model.MixAndMatchNetworks:
       stages=config.stages(), image_size=config.image_size,
       unpool_implementation=config.unpool_implementation,
       encoder_batch_norm=encoder_batch_norm, num_pools=config.num_pools,
-      side_information_levels=config.side_information_levels)
+      side_information_levels=config.side_information_levels,
+      # The oracle's encoders are not aligned to an anchor: nothing to calibrate.
+      latent_calibration=config.latent_calibration_batches > 0 and not config.oracle)
   return model
 
 
@@ -670,6 +672,26 @@ def recalibrate_batch_norm(model, config, strategy, stage, dataset=None):
   model.recalibrate_batch_norm(dataset.take(config.batch_norm_recalibration_batches))
 
 
+def calibrate_latents(model, config, strategy, stage, dataset=None):
+  """Sets the non-anchor encoders' latent calibration at the end of a stage
+  (`--latent_calibration_batches`; `MixAndMatchNetworks.calibrate_latents`).
+
+  Runs after the batch-norm recalibration, on the encoders' final inference-mode latents.
+  Skipped (with a log line) under strategies with several replicas, like the batch-norm
+  recalibration. `dataset` (default: the stage's training data with its recalibration
+  seed) gives the batches.
+  """
+  if not getattr(model, "latent_calibration", False) or config.latent_calibration_batches <= 0:
+    return
+  if strategy.num_replicas_in_sync > 1:
+    logging.info("Latent calibration skipped: %d replicas.", strategy.num_replicas_in_sync)
+    return
+  if dataset is None:
+    dataset = train_dataset(config, seed_offset=stage_seed_offset(stage, recalibration=True))
+  count = model.calibrate_latents(dataset.take(config.latent_calibration_batches))
+  logging.info("Stage %d: latents calibrated on %d batches.", stage, count)
+
+
 def train_stage(model, config, stage, strategy, writer, probe_batch, restore: bool,
                 worker: Optional[Worker] = None) -> bool:
   """Trains one stage to its step count; returns True if steps were run.
@@ -712,7 +734,8 @@ def train_stage(model, config, stage, strategy, writer, probe_batch, restore: bo
   start = time.time()
   run_train_steps(model, strategy, data, remaining, callbacks, config.run_eagerly)
   recalibrate_batch_norm(model, config, strategy, stage)
-  # After the recalibration, so a resumed run finds the recalibrated statistics.
+  calibrate_latents(model, config, strategy, stage)
+  # After the recalibrations, so a resumed run finds the recalibrated statistics.
   checkpointer.save(spec.steps)
   check_workers_agree(model, strategy, worker, f"Stage {stage}")
   elapsed = time.time() - start

@@ -310,20 +310,26 @@ class ExportTest(tf.test.TestCase):
 
 
 class FewerPoolingLevelsExportTest(tf.test.TestCase):
-  """The main job's models (3 pooling levels, switches at the finest only) export and
-  compose like the paper's."""
+  """The main job's models (3 pooling levels, switches at the finest only, calibrated
+  latents) export and compose like the paper's."""
 
   def test_three_pool_export_composes_and_checks_its_size_multiple(self):
     from mm_tf.model import MixAndMatchNetworks  # pylint: disable=g-import-not-at-top
     model = MixAndMatchNetworks(serving_fixture.MODALITIES, serving_fixture.STREAMS,
                                 width=0.0625, image_size=32, num_pools=3,
-                                side_information_levels=1)
+                                side_information_levels=1, latent_calibration=True)
+    depth_encoder = model.encoders["depth"]
+    channels = depth_encoder.latent_channels
+    # A map that is not the identity: the exported encoder must apply it.
+    depth_encoder.set_latent_calibration(tf.linspace(0.5, 1.5, channels),
+                                         tf.fill([channels], 0.1))
     export_dir = os.path.join(self.get_temp_dir(), "export")
     export.export_model(model, export_dir, include_mmnet=False)
     with open(os.path.join(export_dir, "manifest.json")) as f:
       manifest = json.load(f)
     self.assertEqual(manifest["size_multiple"], 8)
     self.assertEqual(manifest["side_information_levels"], 1)
+    self.assertTrue(manifest["latent_calibration"])
     self.assertEqual([s["name"] for s in manifest["side"]], ["switches_1", "switches_2",
                                                               "switches_3"])
     encoder = tf.saved_model.load(os.path.join(export_dir, "depth_encoder", "1"))

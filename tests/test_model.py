@@ -602,5 +602,74 @@ class BatchNormRecalibrationTest(tf.test.TestCase):
                       if isinstance(layer, keras.layers.BatchNormalization)][:1], [0.99])
 
 
+class LatentCalibrationTest(tf.test.TestCase):
+
+  def _per_channel(self, latent):
+    flat = tf.reshape(tf.cast(latent, tf.float64), [-1, latent.shape[-1]])
+    return tf.reduce_mean(flat, 0), tf.math.reduce_std(flat, 0)
+
+  def test_calibrated_latents_have_the_anchors_moments_in_inference_mode_only(self):
+    keras.utils.set_random_seed(5)
+    model = make_model(latent_calibration=True)
+    batch = structured_batch()
+    train_steps(model, batch, stage=1, steps=2, learning_rate=1e-2)
+    depth = batch["rgb+depth+nir"]["depth"]
+    raw_training, _ = model.encode("depth", depth, training=True)
+    self.assertEqual(model.calibrate_latents([batch]), 1)
+    rgb = tf.concat([batch[k]["rgb"] for k in batch], axis=0)
+    anchor_mean, anchor_std = self._per_channel(model.encode("rgb", rgb)[0])
+    mean, std = self._per_channel(model.encode("depth", depth)[0])
+    live = self._per_channel(model.encoders["depth"](
+        depth, training=False)[0])[1] > 0  # Channels the source does not leave constant.
+    self.assertAllClose(tf.boolean_mask(mean, live), tf.boolean_mask(anchor_mean, live),
+                        atol=1e-4)
+    self.assertAllClose(tf.boolean_mask(std, live), tf.boolean_mask(anchor_std, live),
+                        atol=1e-4)
+    # Training mode (and the latent-consistency loss) sees the encoder's own latent.
+    self.assertAllClose(model.encode("depth", depth, training=True)[0], raw_training)
+    self.assertGreater(float(tf.reduce_max(tf.abs(
+        model.encode("depth", depth)[0] - raw_training))), 1e-3)
+    # The anchor is the reference: it has no map at all.
+    self.assertFalse(model.encoders["rgb"].latent_calibration)
+
+  def test_calibration_moves_zero_pair_translations_and_not_the_anchors(self):
+    keras.utils.set_random_seed(6)
+    model = make_model(latent_calibration=True)
+    batch = structured_batch()
+    train_steps(model, batch, stage=1, steps=2, learning_rate=1e-2)
+    rgb, depth = batch["rgb+depth+nir"]["rgb"], batch["rgb+depth+nir"]["depth"]
+    before = [model.translate(s, "segmentation", x) for s, x in (("rgb", rgb), ("depth", depth))]
+    model.calibrate_latents([batch])
+    self.assertAllClose(model.translate("rgb", "segmentation", rgb), before[0])
+    self.assertNotAllClose(model.translate("depth", "segmentation", depth), before[1])
+
+  def test_saved_model_and_config_keep_the_calibration(self):
+    model = make_model(latent_calibration=True)
+    batch = structured_batch()
+    model.calibrate_latents([batch])
+    depth = batch["rgb+depth+nir"]["depth"]
+    expected = model.translate("depth", "segmentation", depth)
+    clone = mm_model.MixAndMatchNetworks.from_config(model.get_config())
+    self.assertTrue(clone.latent_calibration)
+    encoder = model.encoders["depth"]
+    self.assertTrue(type(encoder).from_config(encoder.get_config()).latent_calibration)
+    with tempfile.TemporaryDirectory() as directory:
+      path = os.path.join(directory, "model")
+      saving.save_model(model, path)
+      loaded = saving.load_model(path)
+    self.assertAllClose(loaded.translate("depth", "segmentation", depth), expected, atol=1e-5)
+
+  def test_off_by_default_and_without_batches(self):
+    model = make_model()
+    self.assertFalse(any(e.latent_calibration for e in model.encoders.values()))
+    self.assertEqual(model.calibrate_latents([structured_batch()]), 0)
+    calibrated = make_model(latent_calibration=True)
+    weights = snapshot(calibrated.encoders["depth"])
+    self.assertEqual(calibrated.calibrate_latents([]), 0)
+    self.assertFalse(moved(weights, calibrated.encoders["depth"]))
+    with self.assertRaisesRegex(ValueError, "without latent_calibration"):
+      model.encoders["depth"].set_latent_calibration([1.0], [0.0])
+
+
 if __name__ == "__main__":
   tf.test.main()

@@ -100,7 +100,8 @@ for path in sys.argv[1:]:
                    stages=sorted(parsed.stages()), image_size=parsed.image_size,
                    width=parsed.width, num_pools=parsed.num_pools,
                    batch_size=parsed.batch_size, dataset=parsed.dataset,
-                   side_information_levels=parsed.side_information_levels)
+                   side_information_levels=parsed.side_information_levels,
+                   latent_calibration_batches=parsed.latent_calibration_batches)
 print(json.dumps(out))
 """
 
@@ -121,12 +122,13 @@ class ConfigFlagfilesTest(tf.test.TestCase):
       self.assertEqual(parsed[name]["steps"], [200000, 200000, 100000], name)
       self.assertEqual((parsed[name]["image_size"], parsed[name]["width"],
                         parsed[name]["num_pools"], parsed[name]["batch_size"],
-                        parsed[name]["side_information_levels"]),
-                       (256, 1.0, 5, 6, -1), name)
+                        parsed[name]["side_information_levels"],
+                        parsed[name]["latent_calibration_batches"]),
+                       (256, 1.0, 5, 6, -1, 0), name)
     # The longer synthetic config is the main job's networks with more steps.
     main, long = parsed["synthetic_forest.flags"], parsed["synthetic_forest_long.flags"]
     for key in ("dataset", "image_size", "width", "num_pools", "side_information_levels",
-                "batch_size"):
+                "latent_calibration_batches", "batch_size"):
       self.assertEqual(main[key], long[key], key)
     self.assertEqual(long["steps"], [4 * s for s in main["steps"]])
     self.assertEqual(long["oracle_steps"], sum(long["steps"]))
