@@ -337,7 +337,8 @@ def define_flags():
                        "(precise BN; the frozen RGB encoder of stages 2-3 keeps stage 1's). "
                        "Keras' momentum-0.99 averages lag short stages. 0 turns it off.")
   flags.DEFINE_integer("latent_calibration_batches", d.latent_calibration_batches,
-                       "At the end of every stage, map each non-anchor encoder's latent (in "
+                       "At the end of every stage with latent consistency (2-3), map each "
+                       "non-anchor encoder's latent (in "
                        "inference mode: evaluation, export, serving) onto the anchor's "
                        "per-channel mean and std, measured on this many training batches. "
                        "Latent consistency is an L2 regression onto the anchor's latent and "

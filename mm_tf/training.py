@@ -676,12 +676,17 @@ def calibrate_latents(model, config, strategy, stage, dataset=None):
   """Sets the non-anchor encoders' latent calibration at the end of a stage
   (`--latent_calibration_batches`; `MixAndMatchNetworks.calibrate_latents`).
 
-  Runs after the batch-norm recalibration, on the encoders' final inference-mode latents.
+  Runs after the batch-norm recalibration, on the encoders' final inference-mode latents,
+  and only at the end of stages with latent consistency: the map corrects what that L2
+  regression does to the latents' spread. A stage without it (stage 1: translators trained
+  on pairs, the paper's cascade baseline) keeps the map it has (the identity at first).
   Skipped (with a log line) under strategies with several replicas, like the batch-norm
   recalibration. `dataset` (default: the stage's training data with its recalibration
   seed) gives the batches.
   """
   if not getattr(model, "latent_calibration", False) or config.latent_calibration_batches <= 0:
+    return
+  if not model.stage_specs[stage].latent_consistency:
     return
   if strategy.num_replicas_in_sync > 1:
     logging.info("Latent calibration skipped: %d replicas.", strategy.num_replicas_in_sync)

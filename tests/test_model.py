@@ -659,6 +659,23 @@ class LatentCalibrationTest(tf.test.TestCase):
       loaded = saving.load_model(path)
     self.assertAllClose(loaded.translate("depth", "segmentation", depth), expected, atol=1e-5)
 
+  def test_training_calibrates_only_after_stages_with_latent_consistency(self):
+    from mm_tf import config as mm_config  # pylint: disable=g-import-not-at-top
+    from mm_tf import training  # pylint: disable=g-import-not-at-top
+    model = make_model(latent_calibration=True)
+    dataset = tf.data.Dataset.from_tensors(structured_batch()).repeat()
+    config = mm_config.ExperimentConfig(latent_calibration_batches=2)
+    strategy = tf.distribute.get_strategy()
+    encoder = model.encoders["depth"]
+    training.calibrate_latents(model, config, strategy, 1, dataset)  # Translations only.
+    self.assertAllEqual(encoder.latent_scale, tf.ones_like(encoder.latent_scale))
+    training.calibrate_latents(model, config, strategy, 2, dataset)
+    self.assertNotAllClose(encoder.latent_scale, tf.ones_like(encoder.latent_scale))
+    scale = encoder.latent_scale.numpy()
+    training.calibrate_latents(model, config.replace(latent_calibration_batches=0), strategy, 3,
+                               dataset)  # Off.
+    self.assertAllEqual(encoder.latent_scale, scale)
+
   def test_off_by_default_and_without_batches(self):
     model = make_model()
     self.assertFalse(any(e.latent_calibration for e in model.encoders.values()))
