@@ -613,22 +613,25 @@ class LatentCalibrationTest(tf.test.TestCase):
     model = make_model(latent_calibration=True)
     batch = structured_batch()
     train_steps(model, batch, stage=1, steps=2, learning_rate=1e-2)
-    depth = batch["rgb+depth+nir"]["depth"]
-    raw_training, _ = model.encode("depth", depth, training=True)
+    nir = batch["rgb+depth+nir"]["nir"]
+    raw_training, _ = model.encode("nir", nir, training=True)
     self.assertEqual(model.calibrate_latents([batch]), 1)
     rgb = tf.concat([batch[k]["rgb"] for k in batch], axis=0)
     anchor_mean, anchor_std = self._per_channel(model.encode("rgb", rgb)[0])
-    mean, std = self._per_channel(model.encode("depth", depth)[0])
-    live = self._per_channel(model.encoders["depth"](
-        depth, training=False)[0])[1] > 0  # Channels the source does not leave constant.
+    mean, std = self._per_channel(model.encode("nir", nir)[0])
+    # (NIR: the test batch's depth is piecewise constant, its channels all at the cap.)
+    # Channels neither constant in the source nor at the scale cap match exactly.
+    scale = model.encoders["nir"].latent_scale
+    live = (scale > 0) & (scale < mm_model.MAX_LATENT_SCALE)
+    self.assertGreater(int(tf.reduce_sum(tf.cast(live, tf.int32))), 0)
     self.assertAllClose(tf.boolean_mask(mean, live), tf.boolean_mask(anchor_mean, live),
                         atol=1e-4)
     self.assertAllClose(tf.boolean_mask(std, live), tf.boolean_mask(anchor_std, live),
                         atol=1e-4)
     # Training mode (and the latent-consistency loss) sees the encoder's own latent.
-    self.assertAllClose(model.encode("depth", depth, training=True)[0], raw_training)
+    self.assertAllClose(model.encode("nir", nir, training=True)[0], raw_training)
     self.assertGreater(float(tf.reduce_max(tf.abs(
-        model.encode("depth", depth)[0] - raw_training))), 1e-3)
+        model.encode("nir", nir)[0] - raw_training))), 1e-3)
     # The anchor is the reference: it has no map at all.
     self.assertFalse(model.encoders["rgb"].latent_calibration)
 
@@ -675,6 +678,13 @@ class LatentCalibrationTest(tf.test.TestCase):
     training.calibrate_latents(model, config.replace(latent_calibration_batches=0), strategy, 3,
                                dataset)  # Off.
     self.assertAllEqual(encoder.latent_scale, scale)
+
+  def test_map_caps_the_scale_and_maps_constant_channels_to_the_anchor_mean(self):
+    scale, shift = mm_model.latent_calibration_map(
+        anchor_mean=[1.0, 1.0, 1.0], anchor_std=[2.0, 2.0, 2.0], mean=[0.5, 0.5, 0.5],
+        std=[1.0, 1e-4, 0.0])
+    self.assertAllClose(scale, [2.0, mm_model.MAX_LATENT_SCALE, 0.0])
+    self.assertAllClose(shift, [0.0, 1.0 - 0.5 * mm_model.MAX_LATENT_SCALE, 1.0])
 
   def test_off_by_default_and_without_batches(self):
     model = make_model()
