@@ -338,15 +338,15 @@ def define_flags():
                        "Keras' momentum-0.99 averages lag short stages. 0 turns it off.")
   flags.DEFINE_integer("latent_calibration_batches", d.latent_calibration_batches,
                        "At the end of every stage with latent consistency (2-3), map each "
-                       "non-anchor encoder's latent (in "
-                       "inference mode: evaluation, export, serving) onto the anchor's "
-                       "per-channel mean and std, measured on this many training batches. "
-                       "Latent consistency is an L2 regression onto the anchor's latent and "
-                       "leaves the aligned latents narrower (about 0.8x the anchor's spread on "
-                       "the synthetic forest), so zero-pair decoders see a distribution they "
-                       "were not trained on. Uses no cross-modal pairs; training is unchanged. "
-                       "Not in the paper; 0 turns it off (the paper, the default). "
-                       "docs/training.md, 'Latent calibration'.")
+                       "non-anchor encoder's latent (in inference mode: evaluation, export, "
+                       "serving) onto the anchor's per-channel mean and std, measured on this "
+                       "many training batches. Latent consistency is an L2 regression onto "
+                       "the anchor's latent and leaves the aligned latents narrower (about "
+                       "0.75x the anchor's spread on the synthetic forest), so zero-pair "
+                       "decoders see a distribution they were not trained on. Uses no "
+                       "cross-modal pairs; training is unchanged. Not in the paper; 0 turns "
+                       "it off (the paper, the default). docs/training.md, 'Latent "
+                       "calibration'.")
   flags.DEFINE_enum("class_balancing", d.class_balancing, list(CLASS_BALANCING),
                     "Class weights of the segmentation cross-entropy (and its pseudo-pair "
                     "term): none (the paper's plain loss) or median_frequency (SegNet's "

@@ -715,7 +715,7 @@ class MixAndMatchNetworks(keras.Model):
 
     Latent consistency is an L2 regression of every encoder's latent onto the anchor's,
     and a regression shrinks towards the conditional mean: on the synthetic forest the
-    aligned depth and NIR latents have about 0.8x the anchor's per-channel spread. The
+    aligned depth and NIR latents have about 0.75x the anchor's per-channel spread. The
     decoders learned the anchor's latents, so a zero-pair translation feeds them a
     narrower distribution than they were trained on. This sets each calibrated encoder's
     inference-mode map `latent * scale + shift` so that its latents have, per channel, the
