@@ -4,7 +4,9 @@ For one stage of a training `--model_dir` it prints, on a test batch:
 
 * the latent scale of every encoder (RMS, mean per-channel std, share of exact zeros,
   L2 norm per example) next to the norm of the latent noise (`noise_std` of the run),
-  and the cosine / L2 distance of each latent to the anchor's;
+  and the cosine / L2 distance of each latent to the anchor's; with
+  `--latent_calibration_batches` these are of the calibrated latents, and the map's
+  scale is printed too;
 * for every pooling level, the share of pooling windows whose maximum is positive and
   tied: there the argmax (the switch) is arbitrary (TensorFlow takes the first
   position), which happens in flat regions such as depth's invalid (0) sky;
@@ -198,6 +200,13 @@ def main(argv):
           f"channel std {latent.std(axis=(0, 1, 2)).mean():.3f}, zeros "
           f"{100 * (latent == 0).mean():.0f} %, norm {np.linalg.norm(flat, axis=1).mean():.1f} "
           f"(noise norm {noise_norm:.1f}); tied positive pooling windows: {ties or '-'}")
+    encoder = model.encoders[name]
+    if getattr(encoder, "latent_calibration", False):
+      # The statistics above are of the calibrated latent (inference mode); the map's
+      # scale says how much narrower the encoder's own latent is than the anchor's.
+      scale = encoder.latent_scale.numpy()
+      print(f"{'':>12}  latent calibration: scale median {np.median(scale):.2f} (min "
+            f"{scale.min():.2f}, max {scale.max():.2f})")
   layers.MaxPoolWithArgmax.call = original_call
   anchor = latents.get(model.anchor)
   for name, latent in latents.items():
