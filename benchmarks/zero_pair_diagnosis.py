@@ -201,7 +201,7 @@ def main(argv):
           f"{100 * (latent == 0).mean():.0f} %, norm {np.linalg.norm(flat, axis=1).mean():.1f} "
           f"(noise norm {noise_norm:.1f}); tied positive pooling windows: {ties or '-'}")
     encoder = model.encoders[name]
-    if getattr(encoder, "latent_calibration", False):
+    if encoder.latent_calibration:
       # The statistics above are of the calibrated latent (inference mode); the map's
       # scale says how much narrower the encoder's own latent is than the anchor's.
       scale = encoder.latent_scale.numpy()

@@ -371,7 +371,7 @@ def build_manifest(model, wire_format, version, include_multimodal=True):
       "side_information_levels": model.side_information_levels,
       # Non-anchor encoders' latents are mapped onto the anchor's per-channel moments
       # (inside the exported encoders: clients need do nothing).
-      "latent_calibration": bool(getattr(model, "latent_calibration", False)),
+      "latent_calibration": model.latent_calibration,
       "latent": {"name": LATENT_KEY, "channels": wire_format.latent_channels,
                  "dtype": "float32", "downsampling": model.size_multiple},
       "side": side,

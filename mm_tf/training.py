@@ -684,7 +684,7 @@ def calibrate_latents(model, config, strategy, stage, dataset=None):
   recalibration. `dataset` (default: the stage's training data with its recalibration
   seed) gives the batches.
   """
-  if not getattr(model, "latent_calibration", False) or config.latent_calibration_batches <= 0:
+  if not model.latent_calibration or config.latent_calibration_batches <= 0:
     return
   if not model.stage_specs[stage].latent_consistency:
     return
