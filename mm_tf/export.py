@@ -61,6 +61,7 @@ import tensorflow as tf
 from mm_tf import errors
 from mm_tf import layers as mm_layers
 from mm_tf import model as mm_model
+from mm_tf import saving
 
 MANIFEST_FILE = "manifest.json"
 MODELS_CONFIG_FILE = "models.config"
@@ -590,6 +591,7 @@ def export_model(model, export_dir: str, version: Optional[int] = None,
       manifest["models"][MMNET_MODEL]["serving_default"] = default
       assets = {MANIFEST_FILE: json.dumps(manifest, indent=2)}
       _save(signatures, os.path.join(staging, MMNET_MODEL), assets)
+    saving.kill_point("export_commit")  # Every SavedModel staged, none committed.
     # Commit: each rename is atomic; a version directory appears complete or not at all.
     paths = {}
     for name in model_names:

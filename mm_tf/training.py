@@ -31,9 +31,6 @@ import json
 import logging
 import os
 import shutil
-import signal
-import sys
-import threading
 import time
 from typing import Dict, Optional, Tuple
 
@@ -187,29 +184,6 @@ def barrier(strategy: tf.distribute.Strategy, worker: Worker):
   if worker.num_workers > 1:
     strategy.reduce(tf.distribute.ReduceOp.SUM,
                     strategy.run(lambda: tf.constant(1.0)), axis=None).numpy()
-
-
-KILL_AT_ENV = "MM_TF_KILL_AT"
-KILL_DELAY_ENV = "MM_TF_KILL_DELAY_S"
-
-
-def kill_point(name: str):
-  """SIGKILLs this process at the point `name` if $MM_TF_KILL_AT names it (tests only).
-
-  Crash-safety tests kill a run at exact points (a step of a stage, the evaluation, the
-  export) rather than at racy times. With $MM_TF_KILL_DELAY_S the kill comes that many
-  seconds later, from a timer, i.e. in the middle of what follows the point.
-  """
-  if os.environ.get(KILL_AT_ENV) != name:
-    return
-  delay = float(os.environ.get(KILL_DELAY_ENV, "0") or 0)
-  kill = lambda: os.kill(os.getpid(), signal.SIGKILL)
-  if delay <= 0:
-    sys.stdout.flush()
-    kill()
-  timer = threading.Timer(delay, kill)
-  timer.daemon = True
-  timer.start()
 
 
 # ------------------------------------------------------------------ data
@@ -445,7 +419,7 @@ class CheckpointCallback(keras.callbacks.Callback):
 
 
 class KillPointCallback(keras.callbacks.Callback):
-  """Calls `kill_point(f"{prefix}_step{n}")` after step n (crash-safety tests)."""
+  """Calls `saving.kill_point(f"{prefix}_step{n}")` after step n (crash-safety tests)."""
 
   def __init__(self, prefix, initial_step):
     super().__init__()
@@ -453,7 +427,7 @@ class KillPointCallback(keras.callbacks.Callback):
     self.initial_step = initial_step
 
   def on_train_batch_end(self, batch, logs=None):
-    kill_point(f"{self.prefix}_step{self.initial_step + batch + 1}")
+    saving.kill_point(f"{self.prefix}_step{self.initial_step + batch + 1}")
 
 
 class ProgressCallback(keras.callbacks.Callback):
@@ -788,7 +762,7 @@ def _after_stage(model, config, stage, evaluate: bool, timings: Dict[str, float]
     return
   eval_dir = os.path.join(config.model_dir, "eval", f"stage_{stage}")
   if evaluate and not os.path.exists(os.path.join(eval_dir, "results.json")):
-    kill_point(f"{_kill_prefix(config, stage)}_eval")
+    saving.kill_point(f"{_kill_prefix(config, stage)}_eval")
     start = time.time()
     results = evaluation.evaluate_model(model, test_dataset(config),
                                         prediction_examples=config.num_figure_examples)
@@ -800,6 +774,7 @@ def _after_stage(model, config, stage, evaluate: bool, timings: Dict[str, float]
     npz = os.path.join(eval_dir, "predictions.npz")
     np.savez_compressed(npz + ".tmp.npz", **arrays)
     os.replace(npz + ".tmp.npz", npz)
+    saving.kill_point(f"{_kill_prefix(config, stage)}_eval_results")
     evaluation.write_json(dict(results, stage=stage), os.path.join(eval_dir, "results.json"))
     timings[f"eval_stage_{stage}_s"] = time.time() - start
     headline = evaluation.summary(results)
@@ -885,7 +860,7 @@ def run_training(config: mm_config.ExperimentConfig, flags_text: Optional[str] =
                                 oracle_model_dir=""), strategy=strategy)
     timings["oracle_s"] = time.time() - start
   if worker.is_chief and config.run_evaluation and not config.oracle:
-    kill_point("final_eval")
+    saving.kill_point("final_eval")
     start = time.time()
     # The last stage's evaluation is the final model's: reused, not recomputed.
     eval_dir = evaluation.evaluate_model_dir(config.model_dir,
@@ -894,7 +869,7 @@ def run_training(config: mm_config.ExperimentConfig, flags_text: Optional[str] =
     timings["final_eval_s"] = time.time() - start
     print(f"Evaluation: {os.path.join(eval_dir, 'results.md')}", flush=True)
   if worker.is_chief and config.export and not config.oracle:
-    kill_point("export")
+    saving.kill_point("export")
     start = time.time()
     export_model(config.model_dir, examples_from=_examples_dir(config))
     timings["export_s"] = time.time() - start

@@ -1,9 +1,10 @@
 """Crash safety: SIGKILL at several points of a run, rerun, same results as without kills.
 
 A tiny run (32x32 synthetic forest, width 1/16, 2 steps per stage, eager steps) is killed with
-SIGKILL at exact points through `mm_tf.training.kill_point` ($MM_TF_KILL_AT): after a step
-of stage 1, in the middle of the stage-2 evaluation, after a step of stage 3 and in the
-middle of the export. After each kill the same command is run again. The resumed run
+SIGKILL at exact points through `mm_tf.saving.kill_point` ($MM_TF_KILL_AT): after a step
+of stage 1, in the stage-2 evaluation (its predictions written, its results not yet), after
+a step of stage 3 and in the export (every SavedModel staged, none committed). No point
+depends on how fast the machine is. After each kill the same command is run again. The resumed run
 restores weights, optimizer state and the data position, and its latent noise depends
 on the step only, so its final results equal those of an uninterrupted run exactly.
 
@@ -22,7 +23,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from mm_tf import training
+from mm_tf import saving
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -57,10 +58,10 @@ class CrashSafetyTest(tf.test.TestCase):
 
   def _train(self, flags, kill_at=None, delay=0.0):
     env = dict(os.environ)
-    env.pop(training.KILL_AT_ENV, None)
+    env.pop(saving.KILL_AT_ENV, None)
     if kill_at:
-      env[training.KILL_AT_ENV] = kill_at
-      env[training.KILL_DELAY_ENV] = str(delay)
+      env[saving.KILL_AT_ENV] = kill_at
+      env[saving.KILL_DELAY_ENV] = str(delay)
     result = subprocess.run([sys.executable, "-m", "mm_tf.train"] + flags, cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=1800)
     output = result.stdout + result.stderr
@@ -81,17 +82,20 @@ class CrashSafetyTest(tf.test.TestCase):
     flags = _tiny_flags(model_dir, data_dir)
     self._train(flags, "stage1_step1")
     self.assertFalse(os.path.exists(os.path.join(model_dir, "stage_1", "stage_done.json")))
-    # In the middle of the stage-2 evaluation (it takes seconds; the kill comes after 1 s).
-    output = self._train(flags, "stage2_eval", delay=1.0)
+    # In the stage-2 evaluation: predictions written, results (what marks it done) not yet.
+    output = self._train(flags, "stage2_eval_results")
     self.assertIn("Stage 1: resumed from", output)
+    self.assertTrue(os.path.exists(os.path.join(model_dir, "eval", "stage_2", "predictions.npz")))
     self.assertFalse(os.path.exists(os.path.join(model_dir, "eval", "stage_2", "results.json")))
     output = self._train(flags, "stage3_step1")
     self.assertIn("Stage 1: finished earlier; skipped.", output)
     self.assertIn("Stage 2: resumed from", output)  # Trained, not evaluated: redo the end.
-    # In the middle of the export (tracing and saving SavedModels takes several seconds).
-    output = self._train(flags, "export", delay=2.0)
+    # In the export: every SavedModel staged, none committed.
+    output = self._train(flags, "export_commit")
     self.assertRegex(output, r"Stage 3: resumed from .*ckpt-1 at step 1\.")
     self.assertFalse(os.path.exists(os.path.join(model_dir, "export", "models.config")))
+    self.assertTrue([n for n in os.listdir(os.path.join(model_dir, "export"))
+                     if n.startswith(".export-staging")])
     output = self._train(flags)
     for stage in (1, 2):
       self.assertIn(f"Stage {stage}: finished earlier; skipped.", output)

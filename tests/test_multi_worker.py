@@ -30,7 +30,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from mm_tf import training
+from mm_tf import saving
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -118,9 +118,9 @@ class MultiWorkerTest(tf.test.TestCase):
     for index in range(2):
       env = dict(os.environ, TF_CONFIG=json.dumps(
           {"cluster": cluster, "task": {"type": "worker", "index": index}}))
-      env.pop(training.KILL_AT_ENV, None)
+      env.pop(saving.KILL_AT_ENV, None)
       if index == 1 and kill_worker_1_at:
-        env[training.KILL_AT_ENV] = kill_worker_1_at
+        env[saving.KILL_AT_ENV] = kill_worker_1_at
       log = open(f"{log_prefix}.worker{index}.log", "w")
       processes.append(subprocess.Popen(
           [sys.executable, "-m", "mm_tf.train", "--distribution_strategy=multi_worker"] + flags,
