@@ -1,8 +1,8 @@
 """Installs mm_tf, the TensorFlow/Keras implementation of mix and match networks.
 
 Dependency choices (why each is here):
-  * tensorflow>=2.16 brings Keras 3, the only Keras we support (no tensorflow-addons:
-    it is end-of-life and does not import under Keras 3).
+  * tensorflow>=2.16 brings Keras 3, the only Keras we support; every layer is Keras 3's
+    own (instance normalisation is `GroupNormalization(groups=-1)`), no add-on package.
   * tensorflow-datasets: the real datasets are tfds builders (manual download), so users
     get caching, splits and `tfds.load` for free instead of hand-written readers.
   * absl-py: flags/flagfiles for the CLIs, as in the TF Model Garden and SimCLR.

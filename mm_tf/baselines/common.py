@@ -8,9 +8,9 @@ zero-pair batches as `MixAndMatchNetworks`:
 evaluation code scores every method.
 
 Normalisation is instance normalisation (`GroupNormalization(groups=-1)`: one group per
-channel), as in pix2pix/CycleGAN/StarGAN/UNIT; tensorflow-addons does not import under
-Keras 3. Sizes follow the M&MNets convention: `width` scales channel counts (1.0 = the
-original papers' 64 base filters) and inputs are multiples of 32.
+channel, Keras 3's own layer), as in pix2pix/CycleGAN/StarGAN/UNIT. Sizes follow the
+M&MNets convention: `width` scales channel counts (1.0 = the original papers' 64 base
+filters) and inputs are multiples of 32.
 """
 
 import itertools
