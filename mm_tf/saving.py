@@ -14,34 +14,24 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
 
 from mm_tf import errors
 from mm_tf import model as mm_model
 
 # Crash-safety tests kill a run at named points (mm_tf.training, mm_tf.export).
 KILL_AT_ENV = "MM_TF_KILL_AT"
-KILL_DELAY_ENV = "MM_TF_KILL_DELAY_S"
 
 
 def kill_point(name: str):
   """SIGKILLs this process at the point `name` if $MM_TF_KILL_AT names it (tests only).
 
   Crash-safety tests kill a run at exact points (a step of a stage, the evaluation before
-  its results are written, the export before its commit) rather than at racy times. With
-  $MM_TF_KILL_DELAY_S the kill comes that many seconds later, from a timer, i.e. in the
-  middle of what follows the point.
+  its results are written, the export before its commit) rather than at racy times: a
+  timer would depend on how fast the machine is.
   """
-  if os.environ.get(KILL_AT_ENV) != name:
-    return
-  delay = float(os.environ.get(KILL_DELAY_ENV, "0") or 0)
-  kill = lambda: os.kill(os.getpid(), signal.SIGKILL)
-  if delay <= 0:
+  if os.environ.get(KILL_AT_ENV) == name:
     sys.stdout.flush()
-    kill()
-  timer = threading.Timer(delay, kill)
-  timer.daemon = True
-  timer.start()
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 CONFIG_FILE = "model_config.json"

@@ -762,7 +762,6 @@ def _after_stage(model, config, stage, evaluate: bool, timings: Dict[str, float]
     return
   eval_dir = os.path.join(config.model_dir, "eval", f"stage_{stage}")
   if evaluate and not os.path.exists(os.path.join(eval_dir, "results.json")):
-    saving.kill_point(f"{_kill_prefix(config, stage)}_eval")
     start = time.time()
     results = evaluation.evaluate_model(model, test_dataset(config),
                                         prediction_examples=config.num_figure_examples)
@@ -860,7 +859,6 @@ def run_training(config: mm_config.ExperimentConfig, flags_text: Optional[str] =
                                 oracle_model_dir=""), strategy=strategy)
     timings["oracle_s"] = time.time() - start
   if worker.is_chief and config.run_evaluation and not config.oracle:
-    saving.kill_point("final_eval")
     start = time.time()
     # The last stage's evaluation is the final model's: reused, not recomputed.
     eval_dir = evaluation.evaluate_model_dir(config.model_dir,
@@ -869,7 +867,6 @@ def run_training(config: mm_config.ExperimentConfig, flags_text: Optional[str] =
     timings["final_eval_s"] = time.time() - start
     print(f"Evaluation: {os.path.join(eval_dir, 'results.md')}", flush=True)
   if worker.is_chief and config.export and not config.oracle:
-    saving.kill_point("export")
     start = time.time()
     export_model(config.model_dir, examples_from=_examples_dir(config))
     timings["export_s"] = time.time() - start

@@ -4,9 +4,9 @@ A tiny run (32x32 synthetic forest, width 1/16, 2 steps per stage, eager steps) 
 SIGKILL at exact points through `mm_tf.saving.kill_point` ($MM_TF_KILL_AT): after a step
 of stage 1, in the stage-2 evaluation (its predictions written, its results not yet), after
 a step of stage 3 and in the export (every SavedModel staged, none committed). No point
-depends on how fast the machine is. After each kill the same command is run again. The resumed run
-restores weights, optimizer state and the data position, and its latent noise depends
-on the step only, so its final results equal those of an uninterrupted run exactly.
+depends on how fast the machine is. After each kill the same command is run again. The
+resumed run restores weights, optimizer state and the data position, and its latent noise
+depends on the step only, so its final results equal those of an uninterrupted run exactly.
 
 Also: a checkpoint write killed at random moments never leaves an unreadable latest
 checkpoint.
@@ -56,12 +56,11 @@ def _results(model_dir):
 
 class CrashSafetyTest(tf.test.TestCase):
 
-  def _train(self, flags, kill_at=None, delay=0.0):
+  def _train(self, flags, kill_at=None):
     env = dict(os.environ)
     env.pop(saving.KILL_AT_ENV, None)
     if kill_at:
       env[saving.KILL_AT_ENV] = kill_at
-      env[saving.KILL_DELAY_ENV] = str(delay)
     result = subprocess.run([sys.executable, "-m", "mm_tf.train"] + flags, cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=1800)
     output = result.stdout + result.stderr
