@@ -38,6 +38,9 @@ flags.DEFINE_integer("seed", 0, "Seed of the oracle's training (use the run's)."
 flags.DEFINE_string("flagfile_for_oracle", "configs/synthetic_forest.flags",
                     "Flagfile the oracle is trained with (the main job's).")
 flags.DEFINE_string("oracle_model_dir", "", "Optional true-label `--oracle` run to compare with.")
+flags.DEFINE_list("oracle_flags", [], "Extra flags of the oracle's training, e.g. "
+                  "--oracle_flags=--class_balancing=sqrt_median_frequency (give the true-label "
+                  "oracle of --oracle_model_dir the same ones).")
 flags.DEFINE_bool("train", True, "Train the oracle (else only relabel and score the teacher).")
 flags.mark_flags_as_required(["data_dir", "model_dir", "output_dir"])
 FLAGS = flags.FLAGS
@@ -107,7 +110,7 @@ def main(argv):
     return
   command = [sys.executable, "-m", "mm_tf.train", f"--flagfile={FLAGS.flagfile_for_oracle}",
              "--oracle", f"--seed={FLAGS.seed}", f"--data_dir={out_data}",
-             f"--model_dir={oracle_dir}", "--noexport"]
+             f"--model_dir={oracle_dir}", "--noexport", *FLAGS.oracle_flags]
   print("training:", " ".join(command), flush=True)
   with open(os.path.join(FLAGS.output_dir, "oracle.log"), "w") as log:
     subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True)

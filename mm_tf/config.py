@@ -25,7 +25,7 @@ GENERATED_DATASETS = ("synthetic_forest",)
 CONFIG_FILE = "config.json"
 STRATEGIES = ("default", "mirrored", "multi_worker")
 SIDE_INFORMATION = ("switches", "skip", "none")
-CLASS_BALANCING = ("none", "median_frequency")
+CLASS_BALANCING = ("none", "median_frequency", "sqrt_median_frequency")
 
 # Settings that change the networks' shapes, the data or the meaning of a checkpoint: a
 # run resumed with another value would silently mix two experiments, so it is refused.
@@ -349,8 +349,10 @@ def define_flags():
                        "calibration'.")
   flags.DEFINE_enum("class_balancing", d.class_balancing, list(CLASS_BALANCING),
                     "Class weights of the segmentation cross-entropy (and its pseudo-pair "
-                    "term): none (the paper's plain loss) or median_frequency (SegNet's "
-                    "median-frequency balancing, counted on the training labels).")
+                    "term): none (the paper's plain loss), median_frequency (SegNet's "
+                    "median-frequency balancing, counted on the training labels) or "
+                    "sqrt_median_frequency (their square roots: a milder balance; measured in "
+                    "docs/training.md, 'Teacher-label reference').")
   flags.DEFINE_integer("oracle_steps", d.oracle_steps, "Steps of the --oracle run (-1: the sum "
                        "of --steps).")
   flags.DEFINE_bool("with_oracle", d.with_oracle, "After training, also train the oracle "

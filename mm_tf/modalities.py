@@ -117,26 +117,37 @@ class Modality:
       raise ValueError(f"Modality {self.name!r} is not categorical; it has no classes.")
     return self.channels
 
-  def with_median_frequency_weights(self, class_pixel_counts) -> "Modality":
+  def with_median_frequency_weights(self, class_pixel_counts, power: float = 1.0) -> "Modality":
     """This description with median-frequency class weights (Eigen & Fergus; SegNet).
 
-    weight_c = median(f) / f_c, where f_c is class c's share of the labelled training
-    pixels: rare classes (Freiburg's obstacles, a few percent of the pixels) are not
-    drowned by sky and vegetation. The paper does not say how its cross-entropy treats
-    class imbalance; SegNet, whose decoder it uses, trains with these weights. Classes
-    absent from the counts get the largest weight of the present ones.
+    weight_c = (median(f) / f_c) ** power, where f_c is class c's share of the labelled
+    training pixels: rare classes (Freiburg's obstacles, a few percent of the pixels) are
+    not drowned by sky and vegetation. The paper does not say how its cross-entropy treats
+    class imbalance; SegNet, whose decoder it uses, trains with power 1. Power 0.5
+    (`--class_balancing=sqrt_median_frequency`) is milder: at 64x64 power 1 trades more
+    grass and trail than it gains on obstacles (docs/training.md). Classes absent from the
+    counts get the largest weight of the present ones.
 
     Args:
       class_pixel_counts: [K] labelled pixels per class (void excluded).
+      power: Exponent of the weights (1 = SegNet's, 0.5 = their square roots).
+
+    Example:
+      >>> seg = mm_tf.modalities.get("segmentation")
+      >>> seg.with_median_frequency_weights([100, 200, 400, 400, 0]).class_weights
+      # about (3.0, 1.5, 0.75, 0.75, 3.0): frequencies .1 .2 .4 .4, median .3; the
+      # absent class gets the largest weight. With power=0.5, their square roots.
     """
     counts = np.asarray(class_pixel_counts, np.float64)
+    if not power > 0:
+      raise ValueError(f"Modality {self.name!r}: the class-weight power must be > 0, got {power}.")
     if not self.is_categorical or counts.shape != (self.channels,) or counts.sum() <= 0:
       raise ValueError(f"Modality {self.name!r}: need {self.channels} class pixel counts with "
                        f"a positive sum, got {counts.tolist()}.")
     present = counts > 0
     frequencies = counts / counts.sum()
     weights = np.zeros_like(frequencies)
-    weights[present] = np.median(frequencies[present]) / frequencies[present]
+    weights[present] = (np.median(frequencies[present]) / frequencies[present]) ** power
     weights[~present] = weights[present].max()
     return self.replace(class_weights=tuple(float(w) for w in weights))
 

@@ -73,6 +73,13 @@ class ClassWeightTest(tf.test.TestCase):
     self.assertEqual(modalities.Modality.from_config(weighted.to_config()), weighted)
     self.assertEqual(seg.class_weights, ())
 
+  def test_sqrt_median_frequency_weights(self):
+    seg = modalities.get("segmentation")
+    weighted = seg.with_median_frequency_weights([100, 200, 400, 400, 0], power=0.5)
+    self.assertAllClose(weighted.class_weights, np.sqrt([3.0, 1.5, 0.75, 0.75, 3.0]))
+    with self.assertRaisesRegex(ValueError, "power must be > 0"):
+      seg.with_median_frequency_weights([100, 200, 400, 400, 0], power=0.0)
+
   def test_bad_weights_are_refused(self):
     seg = modalities.get("segmentation")
     with self.assertRaisesRegex(ValueError, "class_weights must be 5 positive"):
