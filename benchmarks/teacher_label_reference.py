@@ -13,8 +13,10 @@ learn, whatever the alignment. This benchmark measures that bound:
 3. prints its D->S, N->S and (D,N)->S mIoU and per-class IoU on the true test labels,
    next to the run's own zero-pair rows and, when given, the true-label oracle's.
 
-If zero-pair D->S already reaches this reference, better alignment cannot lift it further:
-only a better teacher (or information that does not pass through RGB) can.
+If zero-pair D->S reaches this reference trained with the same loss, alignment is not what
+holds it back: the teacher is. `--oracle_flags` trains the reference (and should train the
+true-label oracle) with other settings, e.g. class weights, to see what a free fit to the
+teacher's labels can reach (docs/training.md, "Teacher-label reference").
 
   python benchmarks/teacher_label_reference.py --data_dir runs/data_s0 \
       --model_dir runs/main_s0 --output_dir runs/teacher_ref_s0 --seed 0 \

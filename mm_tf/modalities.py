@@ -133,10 +133,11 @@ class Modality:
       power: Exponent of the weights (1 = SegNet's, 0.5 = their square roots).
 
     Example:
+      Counts 100, 200, 400, 400, 0 (frequencies .1 .2 .4 .4, median .3) give weights of
+      about 3, 1.5, 0.75, 0.75 and 3 for the absent class; power 0.5 their square roots:
+
       >>> seg = mm_tf.modalities.get("segmentation")
-      >>> seg.with_median_frequency_weights([100, 200, 400, 400, 0]).class_weights
-      # about (3.0, 1.5, 0.75, 0.75, 3.0): frequencies .1 .2 .4 .4, median .3; the
-      # absent class gets the largest weight. With power=0.5, their square roots.
+      >>> seg.with_median_frequency_weights([100, 200, 400, 400, 0], power=0.5).class_weights
     """
     counts = np.asarray(class_pixel_counts, np.float64)
     if not power > 0:
