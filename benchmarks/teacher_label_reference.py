@@ -46,7 +46,6 @@ flags.DEFINE_list("oracle_flags", [], "Extra flags of the oracle's training, e.g
 flags.DEFINE_bool("train", True, "Train the oracle (else only relabel and score the teacher).")
 flags.mark_flags_as_required(["data_dir", "model_dir", "output_dir"])
 FLAGS = flags.FLAGS
-CLASSES = ("sky", "trail", "grass", "vegetation", "obstacle")
 SOURCE = "synthetic_forest"
 
 
@@ -55,7 +54,7 @@ def _relabel(data_dir, model_dir, out_data):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   import mm_tf  # pylint: disable=g-import-not-at-top
-  from mm_tf import modalities  # pylint: disable=g-import-not-at-top
+  from mm_tf import metrics, modalities  # pylint: disable=g-import-not-at-top
   from mm_tf.data import datasets, freiburg_forest  # pylint: disable=g-import-not-at-top
 
   src = os.path.join(data_dir, SOURCE)
@@ -63,25 +62,25 @@ def _relabel(data_dir, model_dir, out_data):
     raise FileNotFoundError(f"--data_dir={data_dir}: no {SOURCE}/train in it; pass the data "
                             "dir the run was trained on (its flags.txt says which).")
   model = mm_tf.load(model_dir)
-  rgb = {m.name: m for m in datasets.get_dataset_spec(SOURCE).modalities}["rgb"]
+  spec = {m.name: m for m in datasets.get_dataset_spec(SOURCE).modalities}
+  rgb, segmentation = spec["rgb"], spec["segmentation"]
   shutil.copytree(src, os.path.join(out_data, SOURCE))
   palette = np.array(modalities.FREIBURG_PALETTE, np.uint8)
   examples = list(freiburg_forest.list_examples(os.path.join(out_data, SOURCE, "train")))
-  confusion = np.zeros((len(CLASSES), len(CLASSES)), np.int64)
+  agreement = metrics.SegmentationMetric(segmentation.channels,
+                                         class_names=segmentation.class_names)
   for start in range(0, len(examples), 50):
     paths = [p for _, p in examples[start:start + 50]]
     images = rgb.normalize(np.stack([freiburg_forest.read_rgb(p["rgb"]) for p in paths]))
     labels = tf.argmax(model.translate("rgb", "segmentation", images), -1).numpy()
     for p, teacher in zip(paths, labels.astype(np.uint8)):
-      true = freiburg_forest.read_segmentation(p["segmentation"])
-      valid = true < len(CLASSES)
-      confusion += np.bincount(true[valid].astype(np.int64) * len(CLASSES) + teacher[valid],
-                               minlength=len(CLASSES) ** 2).reshape(confusion.shape)
+      agreement.update(freiburg_forest.read_segmentation(p["segmentation"]), teacher)
       Image.fromarray(palette[teacher]).save(p["segmentation"])
-  iou = np.diag(confusion) / np.maximum(confusion.sum(0) + confusion.sum(1) - np.diag(confusion), 1)
+  scores = agreement.result()
   print(f"{len(examples)} train label maps replaced by {model_dir}'s R->S; agreement with the "
-        f"true train labels: pixels {np.trace(confusion) / confusion.sum():.3f}, mIoU "
-        f"{iou.mean():.3f} (" + ", ".join(f"{c} {v:.2f}" for c, v in zip(CLASSES, iou)) + ")")
+        f"true train labels: pixels {scores['global_accuracy']:.3f}, mIoU {scores['miou']:.3f} ("
+        + ", ".join(f"{c} {v:.2f}" for c, v in scores["per_class_iou"].items()) + ")")
+  return segmentation.class_names
 
 
 def _rows(results_json):
@@ -96,10 +95,10 @@ def _final_results(model_dir):
   return _rows(os.path.join(model_dir, "eval", f"stage_{stages[-1]}", "results.json"))
 
 
-def _print_row(label, metrics):
-  iou = metrics["per_class_iou"]
-  print(f"{label:<44}{100 * metrics['miou']:>6.1f}  " +
-        " ".join(f"{100 * iou[c]:>6.1f}" for c in CLASSES))
+def _print_row(label, scores, class_names):
+  iou = scores["per_class_iou"]  # Keyed by name (results.json sorts its keys).
+  print(f"{label:<44}{100 * scores['miou']:>6.1f}  " +
+        " ".join(f"{100 * (iou[c] or 0.0):>6.1f}" for c in class_names))
 
 
 def main(argv):
@@ -107,7 +106,7 @@ def main(argv):
   out_data = os.path.join(FLAGS.output_dir, "data")
   oracle_dir = os.path.join(FLAGS.output_dir, "oracle")
   shutil.rmtree(FLAGS.output_dir, ignore_errors=True)
-  _relabel(FLAGS.data_dir, FLAGS.model_dir, out_data)
+  class_names = _relabel(FLAGS.data_dir, FLAGS.model_dir, out_data)
   if not FLAGS.train:
     return
   command = [sys.executable, "-m", "mm_tf.train", f"--flagfile={FLAGS.flagfile_for_oracle}",
@@ -121,13 +120,13 @@ def main(argv):
   true_oracle = _rows(os.path.join(FLAGS.oracle_model_dir, "eval", "stage_1", "results.json")) \
       if FLAGS.oracle_model_dir else {}
   print(f"{'mIoU % / IoU % on the true test labels':<44}{'mIoU':>6}  " +
-        " ".join(f"{c[:6]:>6}" for c in CLASSES))
+        " ".join(f"{c[:6]:>6}" for c in class_names))
   for name, zero_pair in (("D->S", "D->S"), ("N->S", "N->S"), ("(D,N)->S", None)):
     if zero_pair and zero_pair in run:
-      _print_row(f"{name} zero-pair (the run)", run[zero_pair])
-    _print_row(f"{name} oracle on the teacher's labels", teacher_oracle[name])
+      _print_row(f"{name} zero-pair (the run)", run[zero_pair], class_names)
+    _print_row(f"{name} oracle on the teacher's labels", teacher_oracle[name], class_names)
     if name in true_oracle:
-      _print_row(f"{name} oracle on the true labels", true_oracle[name])
+      _print_row(f"{name} oracle on the true labels", true_oracle[name], class_names)
 
 
 if __name__ == "__main__":
