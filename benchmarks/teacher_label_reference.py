@@ -66,7 +66,9 @@ def _relabel(data_dir, model_dir, out_data):
   rgb, segmentation = spec["rgb"], spec["segmentation"]
   shutil.copytree(src, os.path.join(out_data, SOURCE))
   palette = np.array(modalities.FREIBURG_PALETTE, np.uint8)
-  examples = list(freiburg_forest.list_examples(os.path.join(out_data, SOURCE, "train")))
+  # Only scenes with a label map are relabelled: the oracle trains on those alone.
+  examples = [e for e in freiburg_forest.list_examples(os.path.join(out_data, SOURCE, "train"))
+              if e[1]["segmentation"] is not None]
   agreement = metrics.SegmentationMetric(segmentation.channels,
                                          class_names=segmentation.class_names)
   for start in range(0, len(examples), 50):
@@ -79,7 +81,8 @@ def _relabel(data_dir, model_dir, out_data):
   scores = agreement.result()
   print(f"{len(examples)} train label maps replaced by {model_dir}'s R->S; agreement with the "
         f"true train labels: pixels {scores['global_accuracy']:.3f}, mIoU {scores['miou']:.3f} ("
-        + ", ".join(f"{c} {v:.2f}" for c, v in scores["per_class_iou"].items()) + ")")
+        + ", ".join(f"{c} {'n/a' if v is None else f'{v:.2f}'}"
+                    for c, v in scores["per_class_iou"].items()) + ")")
   return segmentation.class_names
 
 
