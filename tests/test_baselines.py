@@ -142,6 +142,10 @@ def test_kmedoids_picks_one_example_per_cluster():
 
 
 def test_few_pair_model_adds_supervised_terms_from_stage_2():
+  # Seeded: with an unseeded initialisation 6 steps of the whole stage-2 loss left the
+  # few-pair term 0.3 % higher in one fresh-clone run (over 8 seeds it fell by 0.015-0.09 in 6
+  # steps and by 0.05-0.14 in 12).
+  keras.utils.set_random_seed(0)
   model = few_pairs.FewPairMixAndMatch(MODALITIES, STREAMS, width=WIDTH, image_size=SIZE)
   candidates = tiny_scenes(12, seed=5)
   pairs, indices = few_pairs.select_few_pairs(candidates, 3, "kmedoids", model)
@@ -164,6 +168,6 @@ def test_few_pair_model_adds_supervised_terms_from_stage_2():
     return float(tf.reduce_mean(terms["few_pairs_depth_to_segmentation"][0]))
 
   first = few_pair_loss()
-  history = model.fit(data, steps_per_epoch=6, epochs=1, verbose=0).history
+  history = model.fit(data, steps_per_epoch=12, epochs=1, verbose=0).history
   assert few_pair_loss() < first
   assert "few_pairs_segmentation_to_depth" in history
