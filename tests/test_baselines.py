@@ -143,8 +143,8 @@ def test_kmedoids_picks_one_example_per_cluster():
 
 def test_few_pair_model_adds_supervised_terms_from_stage_2():
   # Seeded: with an unseeded initialisation 6 steps of the whole stage-2 loss left the
-  # few-pair term 0.3 % higher in one fresh-clone run (over 8 seeds it fell by 0.015-0.09 in 6
-  # steps and by 0.05-0.14 in 12).
+  # few-pair term 0.3 % higher in one fresh-clone run (over 8 seeds it fell by 0.015-0.09
+  # in 6 steps and by 0.05-0.14 in 12).
   keras.utils.set_random_seed(0)
   model = few_pairs.FewPairMixAndMatch(MODALITIES, STREAMS, width=WIDTH, image_size=SIZE)
   candidates = tiny_scenes(12, seed=5)
