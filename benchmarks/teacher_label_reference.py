@@ -23,7 +23,6 @@ teacher's labels can reach (docs/training.md, "Teacher-label reference").
       --oracle_model_dir runs/oracle_s0
 """
 
-import json
 import os
 import shutil
 import subprocess
@@ -86,16 +85,14 @@ def _relabel(data_dir, model_dir, out_data):
   return segmentation.class_names
 
 
-def _rows(results_json):
-  with open(results_json) as f:
-    rows = json.load(f)["translations"]
-  return {r["short_name"]: r["metrics"] for r in rows if r["target"] == "segmentation"}
-
-
-def _final_results(model_dir):
-  stages = sorted(int(d.split("_")[1]) for d in os.listdir(os.path.join(model_dir, "eval"))
-                  if d.startswith("stage_"))
-  return _rows(os.path.join(model_dir, "eval", f"stage_{stages[-1]}", "results.json"))
+def _stage_results(model_dir, stage=None):
+  """Segmentation rows of model_dir's evaluation after `stage` (default: its last)."""
+  from mm_tf import evaluation  # pylint: disable=g-import-not-at-top
+  if stage is None:
+    stage = max(int(d.split("_")[1]) for d in os.listdir(os.path.join(model_dir, "eval"))
+                if d.startswith("stage_"))
+  return evaluation.segmentation_metrics(
+      os.path.join(model_dir, "eval", f"stage_{stage}", "results.json"))
 
 
 def _print_row(label, scores, class_names):
@@ -118,10 +115,9 @@ def main(argv):
   print("training:", " ".join(command), flush=True)
   with open(os.path.join(FLAGS.output_dir, "oracle.log"), "w") as log:
     subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True)
-  teacher_oracle = _rows(os.path.join(oracle_dir, "eval", "stage_1", "results.json"))
-  run = _final_results(FLAGS.model_dir)
-  true_oracle = _rows(os.path.join(FLAGS.oracle_model_dir, "eval", "stage_1", "results.json")) \
-      if FLAGS.oracle_model_dir else {}
+  teacher_oracle = _stage_results(oracle_dir, stage=1)
+  run = _stage_results(FLAGS.model_dir)
+  true_oracle = _stage_results(FLAGS.oracle_model_dir, stage=1) if FLAGS.oracle_model_dir else {}
   print(f"{'mIoU % / IoU % on the true test labels':<44}{'mIoU':>6}  " +
         " ".join(f"{c[:6]:>6}" for c in class_names))
   for name, zero_pair in (("D->S", "D->S"), ("N->S", "N->S"), ("(D,N)->S", None)):

@@ -22,7 +22,6 @@ For one stage of a training `--model_dir` it prints, on a test batch:
       --oracle_model_dir runs/oracle_640
 """
 
-import json
 import os
 
 from absl import app, flags
@@ -35,12 +34,6 @@ flags.DEFINE_string("oracle_model_dir", "", "Optional model_dir of an `--oracle`
 flags.DEFINE_integer("batch_size", 32, "Test examples for the latent and switch statistics.")
 flags.mark_flag_as_required("model_dir")
 FLAGS = flags.FLAGS
-
-
-def _segmentation_rows(results_path):
-  with open(results_path) as f:
-    rows = json.load(f)["translations"]
-  return {r["short_name"]: r["metrics"] for r in rows if r["target"] == "segmentation"}
 
 
 def _tied_windows(x):
@@ -165,7 +158,7 @@ def main(argv):
   del argv
   # Heavy imports after flag parsing, so --help is fast.
   from mm_tf import config as mm_config  # pylint: disable=g-import-not-at-top
-  from mm_tf import layers, metrics, saving, training  # pylint: disable=g-import-not-at-top
+  from mm_tf import evaluation, layers, metrics, saving, training  # pylint: disable=g-import-not-at-top
   config_path = os.path.join(FLAGS.model_dir, mm_config.CONFIG_FILE)
   if not os.path.isfile(config_path):
     raise app.UsageError(f"--model_dir: {config_path} is missing; pass the model_dir of a "
@@ -225,11 +218,11 @@ def main(argv):
   if not os.path.isfile(results):
     print(f"(no {results}: run the stage's evaluation for per-class IoU)")
     return
-  rows = _segmentation_rows(results)
+  rows = evaluation.segmentation_metrics(results)
   oracle = {}
   if FLAGS.oracle_model_dir:
-    oracle = _segmentation_rows(os.path.join(FLAGS.oracle_model_dir, "eval", "stage_1",
-                                             "results.json"))
+    oracle = evaluation.segmentation_metrics(os.path.join(FLAGS.oracle_model_dir, "eval",
+                                                          "stage_1", "results.json"))
   classes = list(next(iter(rows.values()))["per_class_iou"])
   print(f"\n== per-class IoU % (stage {FLAGS.stage}" + (", oracle in brackets)" if oracle
                                                         else ")"))

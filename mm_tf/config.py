@@ -25,7 +25,10 @@ GENERATED_DATASETS = ("synthetic_forest",)
 CONFIG_FILE = "config.json"
 STRATEGIES = ("default", "mirrored", "multi_worker")
 SIDE_INFORMATION = ("switches", "skip", "none")
-CLASS_BALANCING = ("none", "median_frequency", "sqrt_median_frequency")
+# --class_balancing choices with weights: the power of the median-frequency weights
+# (`Modality.with_median_frequency_weights`); "none" is the paper's plain loss.
+CLASS_WEIGHT_POWERS = {"median_frequency": 1.0, "sqrt_median_frequency": 0.5}
+CLASS_BALANCING = ("none", *CLASS_WEIGHT_POWERS)
 
 # Settings that change the networks' shapes, the data or the meaning of a checkpoint: a
 # run resumed with another value would silently mix two experiments, so it is refused.

@@ -263,6 +263,13 @@ def find(results: dict, short_name: str) -> Optional[dict]:
   return None
 
 
+def segmentation_metrics(results_path: str) -> Dict[str, dict]:
+  """`{short_name: metrics}` of every translation into segmentation in a results.json."""
+  with open(results_path) as f:
+    translations = json.load(f)["translations"]
+  return {t["short_name"]: t["metrics"] for t in translations if t["target"] == "segmentation"}
+
+
 def summary(results: dict) -> Dict[str, float]:
   """Headline numbers: mIoU of every translation into segmentation, delta1 into others,
   and alignment factors (flat dict, for logs and per-stage comparisons)."""

@@ -137,7 +137,9 @@ class Modality:
       about 3, 1.5, 0.75, 0.75 and 3 for the absent class; power 0.5 their square roots:
 
       >>> seg = mm_tf.modalities.get("segmentation")
-      >>> seg.with_median_frequency_weights([100, 200, 400, 400, 0], power=0.5).class_weights
+      >>> weighted = seg.with_median_frequency_weights([100, 200, 400, 400, 0], power=0.5)
+      >>> [round(w, 2) for w in weighted.class_weights]
+      [1.73, 1.22, 0.87, 0.87, 1.73]
     """
     counts = np.asarray(class_pixel_counts, np.float64)
     if not power > 0:

@@ -268,7 +268,7 @@ def model_modalities(config):
   """The dataset's modality descriptions, with class weights if --class_balancing asks."""
   modalities = list(dataset_spec(config).modalities)
   if config.class_balancing != "none":
-    power = 0.5 if config.class_balancing == "sqrt_median_frequency" else 1.0
+    power = mm_config.CLASS_WEIGHT_POWERS[config.class_balancing]
     modalities = [m.with_median_frequency_weights(class_pixel_counts(config, m), power)
                   if m.is_categorical else m for m in modalities]
   return modalities
