@@ -13,8 +13,9 @@ the cascade rows evaluate the stage-1 models, the ablation ladder and the few-pa
 start from the main run's stage 1, "M&MNets" and "M&MNets+PP" are stage 2 and 3 of one run.
 
 Rows (suite "paper"):
-  baselines         2xpix2pix, CycleGAN, StarGAN(unpaired/paired), UNIT, M&MNets cascade
-                    D->R->S with switches and with skips (stage-1 models), oracle.
+  baselines         2xpix2pix, CycleGAN, StarGAN(unpaired/paired), UNIT, cross-modal
+                    distillation, M&MNets cascade D->R->S with switches and with skips
+                    (stage-1 models), oracle.
   zero-pair         M&MNets (after stage 2), M&MNets+PP (after stage 3).
   side information  none / skip / switches (stage 2; paper Table 2).
   ladder            translations only, +autoencoders, +latent, +noise, +pseudo-pairs
@@ -48,6 +49,7 @@ from mm_tf import networks
 from mm_tf import training
 from mm_tf.baselines import cascade as mm_cascade
 from mm_tf.baselines import cyclegan as mm_cyclegan
+from mm_tf.baselines import distillation as mm_distillation
 from mm_tf.baselines import few_pairs as mm_few_pairs
 from mm_tf.baselines import pix2pix as mm_pix2pix
 from mm_tf.baselines import stargan as mm_stargan
@@ -87,7 +89,7 @@ class Row:
     label: What the table shows.
     group: Table it belongs to (GROUP_TITLES).
     method: "mmnets", "oracle", "pix2pix", "cyclegan", "stargan_unpaired",
-      "stargan_paired" or "unit".
+      "stargan_paired", "unit" or "distillation".
     variant: M&MNets training variant (see `MMNetsVariant`), for method "mmnets".
     stage: Stage after which an M&MNets variant is scored.
     cascade: Score unseen translations through RGB (D->R->S) instead of directly.
@@ -123,6 +125,7 @@ def paper_rows(few_pairs=(0, 1, 5, 20), selections=("kmedoids", "random")) -> Li
       Row("stargan_unpaired", "StarGAN(unpaired)", "baselines", "stargan_unpaired"),
       Row("stargan_paired", "StarGAN(paired)", "baselines", "stargan_paired"),
       Row("unit", "UNIT", "baselines", "unit"),
+      Row("distillation", "Cross-modal distillation (R->S labels)", "baselines", "distillation"),
       Row("cascade_switches", "M&MNets D->R->S (switches)", "baselines", "mmnets", "main", 1,
           cascade=True, published={"D->S": _F["D->R->S"], "N->S": _F["N->R->S"]}),
       Row("cascade_skip", "M&MNets D->R->S (skip)", "baselines", "mmnets", "side_skip", 1,
@@ -167,8 +170,8 @@ def suite_rows(suite: str, few_pairs=(0, 1, 5, 20), selections=("kmedoids", "ran
   if suite == "few_pairs":
     return [r for r in rows if r.group == "few_pairs"]
   if suite == "smoke":
-    keep = ("pix2pix", "cyclegan", "cascade_switches", "mmnets", "side_switches", "oracle",
-            "few_pairs_0", "few_pairs_1_kmedoids")
+    keep = ("pix2pix", "cyclegan", "distillation", "cascade_switches", "mmnets", "side_switches",
+            "oracle", "few_pairs_0", "few_pairs_1_kmedoids")
     smoke = paper_rows(few_pairs=(0, 1), selections=("kmedoids",))
     return [r for r in smoke if r.name in keep]
   raise ValueError(f"Unknown suite {suite!r}; suites: {', '.join(SUITES)}.")
@@ -497,6 +500,9 @@ class Runner:
     if method == "unit":
       return mm_unit.UNIT(modalities, pairs, width=width, residual_blocks=max(1, blocks - 1),
                           image_size=size)
+    if method == "distillation":
+      return mm_distillation.CrossModalDistillation(modalities, streams, width=width,
+                                                    image_size=size)
     if method in ("stargan_unpaired", "stargan_paired"):
       return mm_stargan.StarGAN(modalities, streams, paired=method == "stargan_paired",
                                 width=width, residual_blocks=blocks, image_size=size)
@@ -638,8 +644,9 @@ def check_orderings(results: Sequence[dict]) -> List[dict]:
 
   for column in ("D->S", "N->S"):
     for other in ("cascade_switches", "cascade_skip", "pix2pix", "cyclegan", "stargan_unpaired",
-                  "stargan_paired", "unit"):
+                  "stargan_paired", "unit", "distillation"):
       claim(f"M&MNets > {other}", ["mmnets", other], column)
+    claim("M&MNets+PP > distillation", ["mmnets_pp", "distillation"], column)
     claim("M&MNets+PP > M&MNets", ["mmnets_pp", "mmnets"], column)
     claim("oracle > M&MNets+PP", ["oracle", "mmnets_pp"], column)
     claim("2xpix2pix > CycleGAN", ["pix2pix", "cyclegan"], column)

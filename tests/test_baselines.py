@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 
 from mm_tf import modalities
-from mm_tf.baselines import cascade, cyclegan, few_pairs, pix2pix, stargan, unit
+from mm_tf import losses
+from mm_tf.baselines import cascade, cyclegan, distillation, few_pairs, pix2pix, stargan, unit
 from mm_tf import model as mm_model
 
 SIZE = 32
@@ -171,3 +172,30 @@ def test_few_pair_model_adds_supervised_terms_from_stage_2():
   history = model.fit(data, steps_per_epoch=12, epochs=1, verbose=0).history
   assert few_pair_loss() < first
   assert "few_pairs_segmentation_to_depth" in history
+
+
+def test_distillation_students_learn_the_unpaired_translations_from_rgb_teachers():
+  keras.utils.set_random_seed(0)
+  model = distillation.CrossModalDistillation(MODALITIES, STREAMS, width=WIDTH, image_size=SIZE)
+  assert model.teacher_pairs == (("rgb", "segmentation"), ("rgb", "depth"))
+  assert model.student_pairs == (("segmentation", "depth"), ("depth", "segmentation"))
+  values = first_and_last(model, ["rgb_to_segmentation", "depth_to_segmentation_distilled",
+                                  "segmentation_to_depth_distilled", "loss"], steps=12)
+  assert_falls(values, ["rgb_to_segmentation", "loss"])
+  assert_shapes(model, [("depth", "segmentation"), ("segmentation", "depth"),
+                        ("rgb", "segmentation")])
+  # The student's targets are the teacher's outputs on the same examples' RGB: with the
+  # teacher's labels as ground truth the distilled term is the plain cross-entropy.
+  batch = zero_pair_batch()
+  stream = batch["rgb+depth"]
+  teacher = model.translate("rgb", "segmentation", tf.constant(stream["rgb"]))
+  student = model.translate("depth", "segmentation", tf.constant(stream["depth"]))
+  labels = tf.argmax(teacher, axis=-1, output_type=tf.int32)
+  expected = np.mean(losses.cross_entropy(student, labels, CLASSES).numpy())
+  actual = np.mean(losses.pseudo_pair(MODALITIES[2], student, teacher).numpy())
+  assert actual == pytest.approx(expected, rel=1e-5)
+  with pytest.raises(ValueError, match="neither a teacher nor a student"):
+    model.translate("depth", "rgb", tf.constant(stream["depth"]))
+  with pytest.raises(ValueError, match="leave no translation unpaired"):
+    distillation.CrossModalDistillation(MODALITIES, [("rgb", "segmentation", "depth")],
+                                        width=WIDTH)

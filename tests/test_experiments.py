@@ -38,7 +38,8 @@ class TinyData:
 
 
 CONFIG = mm_config.ExperimentConfig(image_size=32, width=1 / 16, batch_size=4, steps=(1, 1, 1))
-ROWS = ("pix2pix", "cascade_switches", "mmnets", "oracle", "few_pairs_1_kmedoids")
+ROWS = ("pix2pix", "distillation", "cascade_switches", "mmnets", "oracle",
+        "few_pairs_1_kmedoids")
 
 
 def smoke_rows():

@@ -8,12 +8,15 @@ Every baseline consumes the M&MNets batch contract and exposes
   * `StarGAN` (stargan.py): one conditional encoder-decoder for all modalities, paired or
     unpaired losses.
   * `UNIT` (unit.py): shared-latent VAE-GANs, unpaired D<->S, N<->S.
+  * `CrossModalDistillation` (distillation.py): teachers RGB->m on the seen pairs, students
+    for the unseen translations on the teachers' outputs (pseudo-pairs without alignment).
   * `CascadeTranslator` (cascade.py): a trained M&MNets used only through RGB (D->R->S).
   * `few_pairs.py`: k-medoids / random selection of K (depth, seg) pairs and M&MNets with
     their supervised loss added.
 """
 
 from mm_tf.baselines.cyclegan import CycleGAN
+from mm_tf.baselines.distillation import CrossModalDistillation
 from mm_tf.baselines.pix2pix import TwoPix2Pix
 from mm_tf.baselines.stargan import StarGAN
 from mm_tf.baselines.unit import UNIT
