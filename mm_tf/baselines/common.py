@@ -230,6 +230,24 @@ class BaselineTranslator(keras.Model):
   def translate(self, source: str, target: str, x, training=False):
     raise NotImplementedError
 
+  def check_translation(self, source: str, target: str):
+    """Raises a ValueError naming the known modalities if either name is unknown."""
+    mm_modalities.check_name(source, self.modality_names, "source modality")
+    mm_modalities.check_name(target, self.modality_names, "target modality")
+
+  def paired_term(self, data, source: str, target: str):
+    """Generator `source_to_target` on the stream that pairs them, with its target's loss.
+
+    Returns:
+      (the generator's input, its output, the unweighted mean loss against the stream's
+      `target`).
+    """
+    stream = find_stream(data, (source, target))
+    source_input = self.generator_input(source, stream[source])
+    output = self.generators[f"{source}_to_{target}"](source_input, training=True)
+    loss = mean(mm_losses.reconstruction(self.modalities[target], output, stream[target]))
+    return source_input, output, loss
+
   def apply_gradients(self, optimizer, tape, loss, variables):
     gradients = tape.gradient(loss, variables)
     optimizer.apply([tf.zeros_like(v) if g is None else g for g, v in zip(gradients, variables)],

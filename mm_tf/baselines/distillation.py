@@ -103,10 +103,7 @@ class CrossModalDistillation(common.BaselineTranslator):
       total = 0.0
       for s, t in self.teacher_pairs:
         key = f"{s}_to_{t}"
-        stream = common.find_stream(data, (s, t))
-        output = self.generators[key](self.generator_input(s, stream[s]), training=True)
-        values[key] = common.mean(mm_losses.reconstruction(self.modalities[t], output,
-                                                           stream[t]))
+        _, _, values[key] = self.paired_term(data, s, t)
         total += common.reconstruction_weight(t) * values[key]
       for s, t in self.student_pairs:
         stream = common.find_stream(data, (self.anchor, s))
@@ -125,8 +122,7 @@ class CrossModalDistillation(common.BaselineTranslator):
 
   def translate(self, source, target, x, training=False):
     """The teacher (anchor -> m) or the student (unpaired source -> target)."""
-    mm_modalities.check_name(source, self.modality_names, "source modality")
-    mm_modalities.check_name(target, self.modality_names, "target modality")
+    self.check_translation(source, target)
     key = f"{source}_to_{target}"
     if key not in self.generators:
       raise ValueError(

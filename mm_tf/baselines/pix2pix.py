@@ -19,7 +19,6 @@ Example:
 import keras
 import tensorflow as tf
 
-from mm_tf import losses as mm_losses
 from mm_tf import modalities as mm_modalities
 from mm_tf import networks
 from mm_tf.baselines import common
@@ -94,13 +93,10 @@ class TwoPix2Pix(common.BaselineTranslator):
       total = 0.0
       for s, t in self.pairs:
         key = f"{s}_to_{t}"
-        stream = common.find_stream(data, (s, t))
-        source_input = self.generator_input(s, stream[s])
-        output = self.generators[key](source_input, training=True)
-        values[key] = common.mean(mm_losses.reconstruction(self.modalities[t], output,
-                                                           stream[t]))
+        source_input, output, values[key] = self.paired_term(data, s, t)
         total += common.reconstruction_weight(t) * values[key]
         if key in self.discriminators:
+          stream = common.find_stream(data, (s, t))
           fake_pair = self._condition(source_input, output)
           real_pair = self._condition(source_input, self.generator_input(t, stream[t]))
           fakes[key] = (real_pair, fake_pair)
@@ -122,8 +118,7 @@ class TwoPix2Pix(common.BaselineTranslator):
 
   def translate(self, source, target, x, training=False):
     """Direct generator if (source, target) was seen, else the cascade through the anchor."""
-    mm_modalities.check_name(source, self.modality_names, "source modality")
-    mm_modalities.check_name(target, self.modality_names, "target modality")
+    self.check_translation(source, target)
     key = f"{source}_to_{target}"
     if key in self.generators:
       return self.generators[key](self.generator_input(source, x), training=training)
