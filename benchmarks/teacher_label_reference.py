@@ -88,11 +88,11 @@ def _relabel(data_dir, model_dir, out_data):
 def _stage_results(model_dir, stage=None):
   """Segmentation rows of model_dir's evaluation after `stage` (default: its last)."""
   from mm_tf import evaluation  # pylint: disable=g-import-not-at-top
+  eval_dir = os.path.join(model_dir, evaluation.EVAL_SUBDIR)
   if stage is None:
-    stage = max(int(d.split("_")[1]) for d in os.listdir(os.path.join(model_dir, "eval"))
-                if d.startswith("stage_"))
-  return evaluation.segmentation_metrics(
-      os.path.join(model_dir, "eval", f"stage_{stage}", "results.json"))
+    stage = max(int(d.split("_")[1]) for d in os.listdir(eval_dir) if d.startswith("stage_"))
+  return evaluation.segmentation_metrics(os.path.join(eval_dir, f"stage_{stage}",
+                                                      "results.json"))
 
 
 def _print_row(label, scores, class_names):

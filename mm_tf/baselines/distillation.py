@@ -62,19 +62,16 @@ class CrossModalDistillation(common.BaselineTranslator):
         (anchor, m) for stream in self.streams for m in stream[1:]))
     # Students: source -> target for modalities that never share a stream. Each learns on
     # the first stream that holds its source (the examples whose anchor the teacher reads).
-    student_pairs = []
-    for stream in self.streams:
-      for source in stream[1:]:
-        for target in dict.fromkeys(m for s in self.streams for m in s[1:]):
-          if target != source and not any(source in s and target in s for s in self.streams):
-            student_pairs.append((source, target))
-    self.student_pairs = tuple(dict.fromkeys(student_pairs))
+    paired = {(a, b) for stream in self.streams for a in stream for b in stream}
+    others = [t for _, t in self.teacher_pairs]
+    self.student_pairs = tuple((source, target) for source in others for target in others
+                               if (source, target) not in paired)
     if not self.student_pairs:
       raise ValueError(f"The streams {self.streams} leave no translation unpaired: there is "
                        "nothing to distil.")
     self.generators = {
         f"{s}_to_{t}": common.unet_generator(self.modalities[s], self.modalities[t], width)
-        for s, t in self.teacher_pairs + self.student_pairs}
+        for s, t in self.direct_translations()}
     self.term_names = [f"{s}_to_{t}" for s, t in self.teacher_pairs]
     self.term_names += [f"{s}_to_{t}_distilled" for s, t in self.student_pairs]
     self._make_trackers()
@@ -82,7 +79,7 @@ class CrossModalDistillation(common.BaselineTranslator):
       self.build_networks(image_size)
 
   def build_networks(self, image_size):
-    for s, t in self.teacher_pairs + self.student_pairs:
+    for s, t in self.direct_translations():
       self.generators[f"{s}_to_{t}"](
           tf.zeros([1, image_size, image_size, self.modalities[s].encoder_channels]))
     self.image_size = image_size
