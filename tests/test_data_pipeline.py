@@ -112,6 +112,34 @@ class PipelineTest(tf.test.TestCase):
       np.testing.assert_array_equal(labels[n], scene["labels"])
       np.testing.assert_array_equal(depth[n, ..., 0] == 0, scene["labels"] == sf.SKY)
 
+  def test_decoded_cache_keeps_batches_of_small_images(self):
+    # 32x32 scenes are no larger than the working size of S = 32 (40): not resampled.
+    def batches(decoded_cache, skip):
+      ds = mm_tf.data.train_dataset("synthetic_forest", self.data_dir, IMAGE_SIZE, 2, seed=5,
+                                    decoded_cache=decoded_cache, skip_examples=skip)
+      return list(ds.take(6).as_numpy_iterator())
+    for skip in (0, 7):
+      for cached, plain in zip(batches(True, skip), batches(False, skip)):
+        for stream in plain:
+          for name in plain[stream]:
+            np.testing.assert_array_equal(cached[stream][name], plain[stream][name])
+
+  def test_decoded_cache_shrinks_large_images_alike(self):
+    # At S = 16 the 32x32 scenes are larger than the working size (20): shrunk once, then
+    # augmented; the batches match the direct resize up to resampling twice.
+    def batches(decoded_cache):
+      ds = mm_tf.data.train_dataset("synthetic_forest", self.data_dir, 16, 4, seed=2,
+                                    decoded_cache=decoded_cache)
+      return list(ds.take(3).as_numpy_iterator())
+    for cached, plain in zip(batches(True), batches(False)):
+      for stream in plain:
+        self.assertEqual(cached[stream]["rgb"].shape, (4, 16, 16, 3))
+        self.assertLess(np.abs(cached[stream]["rgb"] - plain[stream]["rgb"]).mean(), 0.05)
+      labels = cached["rgb+segmentation"]["segmentation"]
+      self.assertGreater((labels == plain["rgb+segmentation"]["segmentation"]).mean(), 0.8)
+      depth, plain_depth = cached["rgb+depth+nir"]["depth"], plain["rgb+depth+nir"]["depth"]
+      self.assertGreater(((depth > 0) == (plain_depth > 0)).mean(), 0.9)
+
   def test_image_smaller_than_crop(self):
     with self.assertRaisesRegex(tf.errors.InvalidArgumentError, "synt0.*smaller than image_size 64"):
       next(iter(mm_tf.data.train_dataset("synthetic_forest", self.data_dir, 64, 2, seed=0)))
@@ -133,6 +161,16 @@ class AugmentationTest(tf.test.TestCase, parameterized.TestCase):
         "segmentation": tf.constant(labels.astype(np.uint8)),
     }
 
+  @staticmethod
+  def _interior(labels):
+    """Pixels whose 3x3 neighbourhood has one label, away from the image border."""
+    same = np.ones_like(labels, bool)
+    for dy in (-1, 0, 1):
+      for dx in (-1, 0, 1):
+        same &= np.roll(labels, (dy, dx), axis=(0, 1)) == labels
+    same[[0, -1], :] = same[:, [0, -1]] = False
+    return same
+
   @parameterized.parameters(0, 1, 2, 3, 4, 5)
   def test_modalities_stay_aligned(self, seed):
     _, _, example = self._pattern_example()
@@ -144,11 +182,7 @@ class AugmentationTest(tf.test.TestCase, parameterized.TestCase):
     depth = out["depth"].numpy()[..., 0]
     # Away from block borders (where bilinear blends neighbours) every modality decodes to
     # the segmentation label.
-    same = np.ones_like(labels, bool)
-    for dy in (-1, 0, 1):
-      for dx in (-1, 0, 1):
-        same &= np.roll(labels, (dy, dx), axis=(0, 1)) == labels
-    same[[0, -1], :] = same[:, [0, -1]] = False
+    same = self._interior(labels)
     self.assertGreater(same.sum(), 100)
     np.testing.assert_allclose(rgb_label[same], labels[same], atol=0.02)
     np.testing.assert_allclose(nir_label[same], labels[same], atol=0.02)
@@ -166,6 +200,34 @@ class AugmentationTest(tf.test.TestCase, parameterized.TestCase):
     # Downscaling the whole image keeps the invalid block invalid somewhere.
     whole = pipeline.geometric_transform(example, 24, augment=False)["depth"].numpy()
     self.assertGreater((whole == 0).sum(), 10)
+
+  def test_shrink_each_axis_and_dtype(self):
+    labels, invalid, example = self._pattern_example(height=40, width=56)
+    out = pipeline.shrink(example, 48)
+    self.assertEqual(out["rgb"].shape, (40, 48, 3))  # Only the longer axis shrinks.
+    self.assertEqual(out["segmentation"].shape, (40, 48))
+    for name in example:
+      self.assertEqual(out[name].dtype, example[name].dtype)
+    self.assertTrue(np.all(np.isin(out["segmentation"].numpy(), np.unique(labels))))
+    depth = out["depth"].numpy()
+    self.assertTrue(np.all((depth == 0) | (depth >= 1.0 - 1e-5)))  # Still mask-aware.
+    self.assertGreater((depth == 0).sum(), 10)
+    # No larger than the size on either axis: returned as it is, not resampled.
+    same = pipeline.shrink(example, 64)
+    for name in example:
+      np.testing.assert_array_equal(same[name], example[name])
+
+  @parameterized.parameters(0, 1, 2)
+  def test_shrink_then_transform_stays_aligned(self, seed):
+    _, _, example = self._pattern_example()
+    size = pipeline.working_size(24, 1.25)
+    self.assertEqual(size, 30)
+    out = pipeline.geometric_transform(pipeline.shrink(example, size), 24,
+                                       seed=tf.constant([seed, 7]), augment=True, max_scale=1.25)
+    labels = out["segmentation"].numpy()
+    same = self._interior(labels)
+    self.assertGreater(same.sum(), 100)
+    np.testing.assert_allclose(out["rgb"].numpy()[..., 0][same] / 60, labels[same], atol=0.03)
 
   def test_flip_happens_for_some_seeds(self):
     _, _, example = self._pattern_example()

@@ -14,10 +14,13 @@ import sys
 import tempfile
 import time
 
+import numpy as np
+from PIL import Image
 import tensorflow as tf
 
 from mm_tf import config as mm_config
 from mm_tf import training
+from mm_tf.data import synthetic_forest as sf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,6 +31,37 @@ def _tiny_flags(model_dir, data_dir):
           "--width=0.0625", "--batch_size=2", "--steps=3,8,3", "--checkpoint_every_steps=2",
           "--log_every_steps=2", "--image_summary_every_steps=3", "--eval_batch_size=6",
           "--num_figure_examples=2", "--noexport", "--run_eagerly"]
+
+
+def write_freiburg_layout(root, num_train=12, num_test=6, size=48, seed=11):
+  """Forest scenes saved with the real Freiburg release's quirks, not the generator's.
+
+  Non-square RGB JPEGs (48x64), 8-bit relative depth normalised per image at another size
+  (36x48), Tree-coloured vegetation, void (white) pixels, `_mask.png` GT names for some
+  ids and ids with a dash, as in `freiburg_forest_annotated/{train,test}/`.
+  """
+  tree, void = (0, 60, 0), (255, 255, 255)
+  for split, count in (("train", num_train), ("test", num_test)):
+    for index in range(count):
+      scene = sf.render_scene(sf.scene_rng(seed, split, index), size)
+      rows = slice(size // 8, size - size // 8)
+      file_id = f"b{index % 3 + 1}-{100 + index}"
+      base = os.path.join(root, split)
+      for folder in ("rgb", "depth_gray", "nir_gray", "GT_color"):
+        os.makedirs(os.path.join(base, folder), exist_ok=True)
+      Image.fromarray(scene["rgb"][rows]).resize((64, 48), Image.BILINEAR).save(
+          f"{base}/rgb/{file_id}_Clipped.jpg", quality=90)
+      depth = scene["depth"][rows]
+      relative = np.where(depth > 0, 1 + 254 * depth / max(depth.max(), 1e-6), 0)
+      Image.fromarray(relative.astype(np.uint8)).save(
+          f"{base}/depth_gray/{file_id}_Clipped_redict_depth_gray.png")
+      Image.fromarray(scene["nir"][rows]).resize((64, 48), Image.BILINEAR).save(
+          f"{base}/nir_gray/{file_id}.tif")
+      gt = sf.PALETTE[scene["labels"][rows]]
+      gt[: gt.shape[0] // 2][(scene["labels"][rows][: gt.shape[0] // 2] == sf.VEGETATION)] = tree
+      gt[-1, ::5] = void
+      suffix = "_mask.png" if index % 2 else "_Clipped.png"
+      Image.fromarray(gt).resize((64, 48), Image.NEAREST).save(f"{base}/GT_color/{file_id}{suffix}")
 
 
 class TrainCliTest(tf.test.TestCase):
@@ -85,6 +119,32 @@ class TrainCliTest(tf.test.TestCase):
     self.assertNotEqual(refused.returncode, 0)
     self.assertIn("--width", refused.stdout + refused.stderr)
 
+  def test_freiburg_layout_with_the_cpu_config(self):
+    # configs/freiburg_cpu.flags (the main job's settings on Freiburg Forest) end to end on
+    # files in the real release's layout; 48x64 images are larger than the working size
+    # of S = 32, so the training streams shrink them once into the decoded cache.
+    root = tempfile.mkdtemp(dir=self.get_temp_dir())
+    write_freiburg_layout(os.path.join(root, "data", "freiburg_forest"))
+    model_dir = os.path.join(root, "run")
+    flags = ["--flagfile=configs/freiburg_cpu.flags", f"--data_dir={root}/data",
+             f"--model_dir={model_dir}", "--image_size=32", "--width=0.0625", "--batch_size=2",
+             "--steps=2,2,2", "--latent_calibration_batches=1", "--checkpoint_every_steps=2",
+             "--log_every_steps=2", "--image_summary_every_steps=3", "--eval_batch_size=6",
+             "--num_figure_examples=2", "--noexport", "--run_eagerly"]
+    result = subprocess.run(self._command(flags), cwd=REPO, capture_output=True, text=True,
+                            timeout=300)
+    output = result.stdout + result.stderr
+    self.assertEqual(result.returncode, 0, output[-4000:])
+    self.assertIn("freiburg_forest train streams (examples each): {'rgb+segmentation': 6, "
+                  "'rgb+depth+nir': 6}", output)
+    with open(os.path.join(model_dir, "eval", "results.json")) as f:
+      results = json.load(f)
+    names = {t["short_name"]: t for t in results["translations"]}
+    for name in ("R->S", "D->S", "N->S", "(R,D,N)->S", "S->D"):
+      self.assertBetween(names[name]["metrics"]["miou" if "->S" in name else "delta1"], 0.0, 1.0)
+    with open(os.path.join(model_dir, "config.json")) as f:
+      self.assertEqual(json.load(f)["dataset"], "freiburg_forest")
+
 
 _PARSE_FLAGFILES = """
 import json, sys
@@ -132,6 +192,11 @@ class ConfigFlagfilesTest(tf.test.TestCase):
       self.assertEqual(main[key], long[key], key)
     self.assertEqual(long["steps"], [4 * s for s in main["steps"]])
     self.assertEqual(long["oracle_steps"], sum(long["steps"]))
+    # The CPU-scale Freiburg config is the main job on another dataset.
+    cpu = parsed["freiburg_cpu.flags"]
+    self.assertEqual(cpu["dataset"], "freiburg_forest")
+    self.assertEqual({k: v for k, v in cpu.items() if k != "dataset"},
+                     {k: v for k, v in main.items() if k != "dataset"})
 
 
 class UserErrorTest(tf.test.TestCase):

@@ -24,6 +24,15 @@ pixel is valid only where at least half of its support was valid, and invalid pi
 blend into valid ones). Images smaller than S x S are errors (or skipped, with a log line
 per skipped example, when `skip_bad_examples=True`) rather than silently upsampled.
 
+Decoded cache: when a stream's decoded examples fit in `CACHE_LIMIT_BYTES`, the training
+streams decode each example once, shrink it (each axis separately, the same per-modality
+resampling) to at most the working size ceil(S * max_scale), the largest size the
+augmentation resizes to, and keep it in memory. Each step then only resizes small images.
+Real Freiburg images (about 480 x 880) otherwise cost more per step in decoding and
+resizing than the 64x64 model's training step (docs/data.md, "Performance"). Images no
+larger than the working size (the synthetic forest at S = 64) are not resampled, so
+their batches are exactly those of the uncached pipeline.
+
 Example:
   >>> spec = mm_tf.data.get_dataset_spec("synthetic_forest")
   >>> mm_tf.data.ensure_synthetic_forest("/tmp/data", 200, 50, 64)
@@ -35,6 +44,7 @@ Example:
 import hashlib
 import json
 import logging
+import math
 import os
 from typing import Dict, List, Optional, Sequence
 
@@ -185,6 +195,50 @@ def resize_modality(name: str, image, height, width):
   return tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear", antialias=True)
 
 
+def working_size(image_size: int, max_scale: float = DEFAULT_MAX_SCALE) -> int:
+  """The largest size the training augmentation resizes an image to: ceil(S * max_scale)."""
+  return int(math.ceil(image_size * max_scale))
+
+
+def shrink(example: Dict[str, tf.Tensor], size: int) -> Dict[str, tf.Tensor]:
+  """Shrinks every modality of a raw example to at most `size` on each axis.
+
+  Axes no longer than `size` keep their length, and an example no larger on either axis
+  is returned unchanged (not resampled). Modalities keep their raw dtype (8-bit images are
+  rounded back to 8 bits), so the result costs what a small decoded image costs.
+
+  Args:
+    example: Raw modalities as `geometric_transform` takes them (other keys pass through).
+    size: Largest height and width.
+
+  Returns:
+    The example with its modalities shrunk.
+  """
+  shape = tf.shape(example["rgb"])
+  height, width = tf.minimum(shape[0], size), tf.minimum(shape[1], size)
+  needed = tf.logical_or(shape[0] > size, shape[1] > size)
+  out = dict(example)
+  for name in ("rgb", "depth", "nir", "segmentation"):
+    if name not in example:
+      continue
+    image = example[name]
+
+    def resized(image=image, name=name):
+      value = resize_modality(name, image, height, width)
+      if image.dtype.is_integer and name != "segmentation":
+        value = tf.round(tf.clip_by_value(value, image.dtype.min, image.dtype.max))
+      return tf.cast(value, image.dtype)
+
+    out[name] = tf.cond(needed, resized, lambda image=image: image)
+  return out
+
+
+def _decoded_bytes(builder, count: int, size: int) -> int:
+  """Upper bound of the memory `count` decoded examples take once shrunk to `size`."""
+  per_pixel = {"rgb": 3, "nir": 1, "segmentation": 1, common.DEPTH_FEATURE: 4}  # depth: float32.
+  return count * size * size * sum(per_pixel[k] for k in _present(builder))
+
+
 def _check_size(example, image_size: int):
   shape = tf.shape(example["rgb"])
   return tf.logical_and(shape[0] >= image_size, shape[1] >= image_size)
@@ -264,7 +318,7 @@ def train_dataset(spec, data_dir: str, image_size: int, batch_size: int, seed: i
                   oracle: bool = False, augment: bool = True, skip_bad_examples: bool = False,
                   max_scale: float = DEFAULT_MAX_SCALE,
                   shuffle_buffer: int = 1024, num_shards: int = 1, shard_index: int = 0,
-                  skip_examples: int = 0) -> tf.data.Dataset:
+                  skip_examples: int = 0, decoded_cache: Optional[bool] = None) -> tf.data.Dataset:
   """The infinite, batched zero-pair training streams of a dataset.
 
   Args:
@@ -286,8 +340,12 @@ def train_dataset(spec, data_dir: str, image_size: int, batch_size: int, seed: i
       together are exactly the batch of one pipeline with num_shards times the batch size,
       and no two shards hold the same example.
     skip_examples: Examples of each stream's seeded order to skip (in the unsharded order)
-      before sharding: a resumed run continues where it stopped. Skipped examples are not
-      decoded (only their encoded bytes are read).
+      before sharding: a resumed run continues where it stopped. Without the decoded
+      cache, skipped examples are not decoded (only their encoded bytes are read).
+    decoded_cache: Decode and shrink each example once and keep it in memory (module
+      doc). None: when a stream's shrunk examples fit in `CACHE_LIMIT_BYTES`. The batches
+      are the same either way up to the rounding of the shrink, and exactly the same for
+      images no larger than `working_size(image_size, max_scale)`.
 
   Returns:
     tf.data.Dataset of {stream_name: {modality_name: tensor}} (see module doc).
@@ -303,18 +361,26 @@ def train_dataset(spec, data_dir: str, image_size: int, batch_size: int, seed: i
     assignment = assign_streams(ids, len(streams))
     filters = [(assignment, k) for k in range(len(streams))]
   per_stream, sizes = {}, {}
+  working = working_size(image_size, max_scale)
   for k, (stream, stream_filter) in enumerate(zip(streams, filters)):
-    _, ds = _raw_split(spec, data_dir, "train", skip_bad_examples, stream_filter)
     count = len(ids) if stream_filter is None else sum(1 for i in ids if stream_filter[0][i] == k)
+    cache_decoded = (_decoded_bytes(builder, count, working) < CACHE_LIMIT_BYTES
+                     if decoded_cache is None else decoded_cache)
+    _, ds = _raw_split(spec, data_dir, "train", skip_bad_examples, stream_filter,
+                       cache=False if cache_decoded else None)
     sizes[datasets.stream_name(stream)] = count
+    if cache_decoded:  # Decoded once, shrunk, kept: shuffling order is unchanged.
+      ds = _examples(ds, builder, spec, image_size, skip_bad_examples)
+      ds = ds.map(lambda x: shrink(x, working), num_parallel_calls=tf.data.AUTOTUNE).cache()
     ds = ds.shuffle(max(1, min(shuffle_buffer, count)), seed=seed * 7919 + k,
                     reshuffle_each_iteration=True).repeat()
     aug_seeds = tf.data.Dataset.random(seed=seed * 104729 + k).batch(2)
-    # Skipped and sharded alike, before decoding: the example at position p of the seeded
-    # order keeps augmentation seed p whatever the sharding or resume point.
+    # Skipped and sharded alike: the example at position p of the seeded order keeps
+    # augmentation seed p whatever the sharding or resume point.
     ds = ds.skip(skip_examples).shard(num_shards, shard_index)
     aug_seeds = aug_seeds.skip(skip_examples).shard(num_shards, shard_index)
-    ds = _examples(ds, builder, spec, image_size, skip_bad_examples)
+    if not cache_decoded:  # Decoded after skipping: a resume does not decode what it skips.
+      ds = _examples(ds, builder, spec, image_size, skip_bad_examples)
 
     def transform(x, pair_seed, stream=stream):
       raw = {name: x[name] for name in stream}
