@@ -158,6 +158,7 @@ for path in sys.argv[1:]:
   flags.FLAGS(["mm_tf.train", "--flagfile=" + path])
   parsed = config.from_flags()
   out[path] = dict(steps=list(parsed.steps), oracle_steps=parsed.oracle_steps,
+                   learning_rate=list(parsed.learning_rate),
                    stages=sorted(parsed.stages()), image_size=parsed.image_size,
                    width=parsed.width, num_pools=parsed.num_pools,
                    batch_size=parsed.batch_size, dataset=parsed.dataset,
@@ -189,7 +190,7 @@ class ConfigFlagfilesTest(tf.test.TestCase):
     # The longer synthetic config is the main job's networks with more steps.
     main, long = parsed["synthetic_forest.flags"], parsed["synthetic_forest_long.flags"]
     for key in ("dataset", "image_size", "width", "num_pools", "side_information_levels",
-                "latent_calibration_batches", "batch_size"):
+                "latent_calibration_batches", "batch_size", "learning_rate"):
       self.assertEqual(main[key], long[key], key)
     self.assertEqual(long["steps"], [4 * s for s in main["steps"]])
     self.assertEqual(long["oracle_steps"], sum(long["steps"]))
