@@ -59,6 +59,8 @@ DEFAULT_MAX_SCALE = 1.25
 # Datasets whose encoded train split is smaller than this are cached in memory.
 CACHE_LIMIT_BYTES = 1 << 30
 _IMAGE_FEATURES = ("rgb", common.DEPTH_FEATURE, "nir", "segmentation")
+# The decoded (raw-unit) modalities an example may hold, as `_decode` names them.
+_RAW_MODALITIES = ("rgb", "depth", "nir", "segmentation")
 
 
 # --------------------------------------------------------------------------- tfds
@@ -218,9 +220,7 @@ def shrink(example: Dict[str, tf.Tensor], size: int) -> Dict[str, tf.Tensor]:
   height, width = tf.minimum(shape[0], size), tf.minimum(shape[1], size)
   needed = tf.logical_or(shape[0] > size, shape[1] > size)
   out = dict(example)
-  for name in ("rgb", "depth", "nir", "segmentation"):
-    if name not in example:
-      continue
+  for name in (n for n in _RAW_MODALITIES if n in example):
     image = example[name]
 
     def resized(image=image, name=name):
@@ -269,7 +269,7 @@ def geometric_transform(example: Dict[str, tf.Tensor], image_size: int, seed=Non
   Returns:
     Dict of the same modalities, spatial size S x S, raw units (float32; labels int32).
   """
-  names = [k for k in ("rgb", "depth", "nir", "segmentation") if k in example]
+  names = [k for k in _RAW_MODALITIES if k in example]
   if augment:
     seed = tf.cast(seed, tf.int64)
     seeds = tf.random.experimental.stateless_split(seed, 4)
