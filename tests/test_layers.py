@@ -107,6 +107,82 @@ class MaxUnpooling2DTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(tuple(y.shape), (2, 8, 8, 6))
     self.assertEqual(tuple(block.compute_output_shape((2, 4, 4, 3))), (2, 8, 8, 6))
 
+  def test_conv_block_uses_the_fused_batch_norm(self):
+    self.assertIsInstance(layers.ConvBlock(4).norm, layers.FusedBatchNormalization)
+
+
+class FusedBatchNormalizationTest(tf.test.TestCase, parameterized.TestCase):
+
+  def _pair(self, shape, **kwargs):
+    """A Keras BatchNormalization and a fused one with the same (non-trivial) weights."""
+    reference = keras.layers.BatchNormalization(**kwargs)
+    fused = layers.FusedBatchNormalization(**kwargs)
+    for norm in (reference, fused):
+      norm.build(shape)
+      channels = shape[-1]
+      norm.set_weights([np.linspace(0.5, 1.5, channels), np.linspace(-1, 1, channels),
+                        np.linspace(-0.2, 0.3, channels), np.linspace(0.5, 2.0, channels)])
+    return reference, fused
+
+  @parameterized.parameters(True, False)
+  def test_matches_keras_outputs_gradients_and_moving_statistics(self, training):
+    x = tf.random.stateless_normal([6, 8, 8, 5], seed=[1, 2]) * 3.0 + 1.0
+    results = []
+    for norm in self._pair(x.shape, synchronized=True, momentum=0.9):
+      with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = norm(x, training=training)
+        loss = tf.reduce_sum(y * tf.sin(y))
+      gradients = tape.gradient(loss, [x, norm.gamma, norm.beta])
+      results.append([y] + gradients + [norm.moving_mean, norm.moving_variance])
+    for reference, fused in zip(*results):
+      self.assertAllClose(reference, fused, rtol=1e-4, atol=1e-4)
+
+  def test_momentum_zero_stores_the_biased_batch_moments(self):
+    # recalibrate_batch_norm reads the moving statistics at momentum 0 as batch moments.
+    x = tf.random.stateless_normal([2, 3, 3, 4], seed=[3, 4])
+    _, fused = self._pair(x.shape, momentum=0.0)
+    fused(x, training=True)
+    mean, variance = tf.nn.moments(x, axes=[0, 1, 2])
+    self.assertAllClose(fused.moving_mean, mean, atol=1e-6)
+    self.assertAllClose(fused.moving_variance, variance, atol=1e-6)
+
+  def test_frozen_layer_in_training_mode_uses_moving_statistics(self):
+    x = tf.random.stateless_normal([2, 4, 4, 3], seed=[5, 6])
+    reference, fused = self._pair(x.shape)
+    for norm in (reference, fused):
+      norm.trainable = False
+    before = fused.moving_mean.numpy()
+    self.assertAllClose(reference(x, training=True), fused(x, training=True), atol=1e-5)
+    self.assertAllEqual(before, fused.moving_mean.numpy())
+
+  def test_mixed_precision_keeps_the_compute_dtype(self):
+    x = tf.random.stateless_normal([2, 4, 4, 3], seed=[7, 8])
+    reference, fused = self._pair(x.shape, dtype="mixed_bfloat16")
+    y = fused(tf.cast(x, tf.bfloat16), training=True)
+    self.assertEqual(y.dtype, tf.bfloat16)
+    self.assertEqual(fused.moving_mean.dtype, tf.float32)
+    self.assertAllClose(reference(tf.cast(x, tf.bfloat16), training=True), y, atol=0.05)
+
+  def test_falls_back_to_keras_where_the_kernel_does_not_apply(self):
+    x = tf.random.stateless_normal([2, 5, 3], seed=[9, 10])  # 3-D: not the fused kernel.
+    reference, fused = self._pair(x.shape)
+    self.assertAllClose(reference(x, training=True), fused(x, training=True), atol=1e-5)
+
+  def test_get_config_and_saved_model_round_trip(self):
+    norm = layers.FusedBatchNormalization(momentum=0.8, epsilon=1e-4, synchronized=True)
+    clone = layers.FusedBatchNormalization.from_config(norm.get_config())
+    self.assertEqual(norm.get_config(), clone.get_config())
+    inputs = keras.Input([4, 4, 3])
+    model = keras.Model(inputs, layers.ConvBlock(5, name="block")(inputs))
+    model(tf.ones([2, 4, 4, 3]), training=True)  # Moves the moving statistics.
+    x = tf.random.stateless_normal([2, 4, 4, 3], seed=[11, 12])
+    expected = model(x, training=False)
+    path = os.path.join(tempfile.mkdtemp(), "saved")
+    model.export(path)
+    loaded = tf.saved_model.load(path)  # Kept referenced: its variables live in it.
+    self.assertAllClose(loaded.serve(x), expected, atol=1e-5)
+
 
 if __name__ == "__main__":
   tf.test.main()
