@@ -1,9 +1,9 @@
 r"""Train-step time of a training config, per stage: Keras' batch norm against the fused one.
 
 Takes the training flags (`mm_tf.train`'s), builds that config's networks and stages, and
-times each stage's train step (`model.fit` on a repeated random batch of the config's
-size, so data loading is not timed) `--repeats` times per implementation, alternating, in
-one run:
+times each stage's train step `--repeats` times per implementation, alternating, in one
+run. Each time is `model.fit` on a repeated random batch of the config's size, without
+tf.data's autotuning as in training, so data loading is not timed:
 
   * `keras`: `keras.layers.BatchNormalization`'s own computation (separate moments,
     scale and shift ops and their gradients);
@@ -66,13 +66,15 @@ def random_batch(config, model):
 def time_stage(config, stage, implementation):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from mm_tf import training  # pylint: disable=g-import-not-at-top
+  from mm_tf.data import pipeline  # pylint: disable=g-import-not-at-top
   keras.backend.clear_session()  # Each measurement starts from the same, empty state.
   context = keras_batch_norm() if implementation == "keras" else contextlib.nullcontext()
   with context:
     model = training.build_model(config)
     model.set_stage(stage)
     model.compile()
-    dataset = tf.data.Dataset.from_tensors(random_batch(config, model)).repeat()
+    dataset = pipeline.without_autotuning(
+        tf.data.Dataset.from_tensors(random_batch(config, model)).repeat())
     model.fit(dataset, steps_per_epoch=3, epochs=1, verbose=0)
     start = time.perf_counter()
     model.fit(dataset, steps_per_epoch=FLAGS.timed_steps, epochs=1, verbose=0)

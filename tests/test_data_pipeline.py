@@ -112,6 +112,12 @@ class PipelineTest(tf.test.TestCase):
       np.testing.assert_array_equal(labels[n], scene["labels"])
       np.testing.assert_array_equal(depth[n, ..., 0] == 0, scene["labels"] == sf.SKY)
 
+  def test_train_streams_are_not_autotuned(self):
+    # The autotuner can hold train steps at 256 ms on 2 cores (pipeline.without_autotuning).
+    ds = mm_tf.data.train_dataset("synthetic_forest", self.data_dir, IMAGE_SIZE, 2, seed=5)
+    self.assertFalse(ds.options().autotune.enabled)
+    self.assertEqual(len(list(ds.take(2))), 2)
+
   def test_decoded_cache_keeps_batches_of_small_images(self):
     # 32x32 scenes are no larger than the working size of S = 32 (40): not resampled.
     def batches(decoded_cache, skip):

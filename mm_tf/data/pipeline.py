@@ -390,7 +390,20 @@ def train_dataset(spec, data_dir: str, image_size: int, batch_size: int, seed: i
     per_stream[datasets.stream_name(stream)] = ds.batch(batch_size, drop_remainder=True)
   logging.info("%s train streams%s (examples each): %s", spec.name, " (oracle)" if oracle else "",
                sizes)
-  return tf.data.Dataset.zip(per_stream).prefetch(tf.data.AUTOTUNE)
+  return without_autotuning(tf.data.Dataset.zip(per_stream).prefetch(tf.data.AUTOTUNE))
+
+
+def without_autotuning(dataset):
+  """`dataset` with tf.data's autotuning off (AUTOTUNE values keep their initial settings).
+
+  On the 2-core machine the autotuner sometimes holds a train step at 256 ms instead of
+  160-180 ms for whole stretches of a stage (stage 2 of the main job in 36 or 46 s;
+  docs/data.md, "Autotuning"). The training streams need no tuning: after the decoded
+  cache their maps are cheap next to a train step.
+  """
+  options = tf.data.Options()
+  options.autotune.enabled = False
+  return dataset.with_options(options)
 
 
 def test_dataset(spec, data_dir: str, image_size: int, batch_size: int,
