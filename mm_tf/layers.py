@@ -139,7 +139,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
   Keras 3 normalises with separate ops (moments, then scale and shift), and their
   gradients add more: about a fifth of a main-job train step on a 2-core CPU. TF's
   `FusedBatchNormV3` (oneDNN on CPU, cuDNN on GPU) computes the same function in one op
-  forward and one backward, 2-3x faster in training mode on the main job's shapes
+  forward and one backward, 1.4-3.2x faster in training mode on the main job's shapes
   (`benchmarks/train_step_benchmark.py`), and in inference mode grappler can fold it into
   the preceding convolution. The layer keeps Keras' weights, config and semantics: the
   same four variables, the moving statistics updated with `momentum` from the biased
